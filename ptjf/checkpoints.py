@@ -1,0 +1,592 @@
+"""Checkpoints of a staged run: save, resume, params-only restore, lineage metadata.
+
+On-disk layout (one orbax `CheckpointManager` per stage directory, steps named by the
+stage-local step, orbax's default integer naming)::
+
+    MODEL_DIR/<stage name>/<step>/params      parameter pytree
+                                 /opt_state   optimizer-state pytree (optax tuples/namedtuples)
+                                 /step        the train state's step counter (int32 scalar)
+                                 /metadata    JSON: stage, steps, lineage, data position, ...
+
+Parameters and optimizer state are separate orbax items so that a params-only restore (the
+stage switch of PTJF, and `ptjf switch`) opens only `params`: Adam keeps two moments per
+parameter, so the optimizer state is about twice the size of the parameters and is never read
+when a stage starts a fresh optimizer (big_vision's "initialise from" versus "resume").
+
+Atomicity. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>`
+only after every item is committed (on GCS, where rename is not atomic, it writes
+`commit_success.txt` last instead). `finalized_steps` lists steps with orbax's standard name
+format, which ignores unfinished directories, so `latest_step()`, `all_steps()` and
+`find_latest` never report a checkpoint that a crash could have left half-written, even while an
+asynchronous save of this process is still running.
+
+Garbage collection (`CheckpointConfig.keep`) is done here rather than by orbax's
+`max_to_keep`, and only at points where no write is in flight (at the start of the next `save`,
+after the previous write has been waited for, in `wait()` and in `close()`). The newest
+finalised checkpoint is therefore never deleted before its successor is finalised; the price is
+that up to `keep + 1` checkpoints exist between a save and the next save or wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+import ptjf
+from ptjf.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+PARAMS, OPT_STATE, STEP, METADATA = "params", "opt_state", "step", "metadata"
+_SHOWN = 8  # paths listed in a mismatch message before "…"
+
+
+@gin.configurable("CheckpointConfig")
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """When a stage saves and how many of its checkpoints it keeps.
+
+    period: save every `period` stage-local steps; 0 saves only at the end of the stage (the
+        trainer's `force=True` save). keep: newest checkpoints kept per stage, None keeps all
+        (T5X's default). async_save: write in a background thread so training continues.
+    """
+
+    period: int = 1000
+    keep: int | None = None
+    async_save: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 0:
+            raise ConfigError(
+                f"CheckpointConfig.period={self.period!r} is invalid: expected an integer >= 0 "
+                "(steps between saves; 0 = only at the end of the stage). "
+                "Set e.g. --gin.CheckpointConfig.period=1000."
+            )
+        if self.keep is not None and (
+            isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1
+        ):
+            raise ConfigError(
+                f"CheckpointConfig.keep={self.keep!r} is invalid: expected an integer >= 1 or "
+                "None (keep all). Set e.g. --gin.CheckpointConfig.keep=2."
+            )
+
+
+def parse_checkpoint_path(path: str) -> tuple[str, int | None]:
+    """Split `DIR` or `DIR/STEP` into (stage directory, step or None).
+
+    A trailing component made only of digits is orbax's default step-directory name, so stage
+    names must not be plain integers. Works on `gs://` paths (no path normalisation).
+    """
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():
+        raise ConfigError(
+            f"Checkpoint path {path!r} is empty: expected a stage directory "
+            "(MODEL_DIR/<stage>) or a step directory (MODEL_DIR/<stage>/<step>)."
+        )
+    text = str(path).rstrip("/")
+    head, sep, last = text.rpartition("/")
+    if sep and head and last.isdigit():
+        return head, int(last)
+    return text, None
+
+
+@gin.configurable("RestoreConfig")
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+    """Where a stage starts from (T5X's restore-config idea: one small object, not flags).
+
+    path: a stage directory (`mode="latest"`) or a step directory `DIR/STEP`
+        (`mode="specific"`). params_only: restore parameters and start a fresh optimizer state
+        and schedule (the stage switch); False resumes the full train state.
+    """
+
+    path: str
+    mode: Literal["latest", "specific"] = "latest"
+    params_only: bool = False
+
+    def __post_init__(self):
+        if self.mode not in ("latest", "specific"):
+            raise ConfigError(
+                f"RestoreConfig.mode={self.mode!r} is invalid: expected 'latest' (newest step of "
+                "a stage directory) or 'specific' (a DIR/STEP path)."
+            )
+        _, step = parse_checkpoint_path(self.path)
+        if self.mode == "specific" and step is None:
+            raise ConfigError(
+                f"RestoreConfig(mode='specific') needs a step directory, got {self.path!r}. "
+                f"Pass {self.path.rstrip('/')}/<step>, or use mode='latest'."
+            )
+        if self.mode == "latest" and step is not None:
+            raise ConfigError(
+                f"RestoreConfig(mode='latest') got the step directory {self.path!r}. "
+                "Use mode='specific' to restore that step, or pass the stage directory."
+            )
+
+    def resolve(self) -> tuple[str, int]:
+        """(stage directory, step) to restore; CheckpointError when it does not exist."""
+        stage_dir, step = parse_checkpoint_path(self.path)
+        steps = finalized_steps(stage_dir)
+        if step is None:
+            if not steps:
+                raise _missing_error(stage_dir, None, steps)
+            return stage_dir, steps[-1]
+        if step not in steps:
+            raise _missing_error(stage_dir, step, steps)
+        return stage_dir, step
+
+
+def finalized_steps(directory: str | os.PathLike) -> list[int]:
+    """Sorted steps with a finalised checkpoint in `directory` ([] if it does not exist)."""
+    name_format = ocp.path.step.standard_name_format()
+    return sorted(m.step for m in name_format.find_all(epath.Path(directory)))
+
+
+def find_latest(model_dir: str, stage_names: Sequence[str]) -> tuple[int, int] | None:
+    """(stage index, step) of the newest checkpoint of the latest stage that has one.
+
+    Rerunning the same command resumes a plan from here: later stages win even when an earlier
+    stage has larger step numbers, because steps are stage-local.
+    """
+    for index in range(len(stage_names) - 1, -1, -1):
+        steps = finalized_steps(epath.Path(model_dir) / stage_names[index])
+        if steps:
+            return index, steps[-1]
+    return None
+
+
+def _missing_error(directory: Any, step: int | None, steps: Sequence[int]) -> CheckpointError:
+    exists = epath.Path(directory).exists()
+    if step is None:
+        what = "has no finalised checkpoint" if exists else "does not exist"
+        return CheckpointError(
+            f"Checkpoint directory {directory} {what}. Expected MODEL_DIR/<stage name> holding "
+            "step directories. Check --gin.MODEL_DIR and the stage name, or start the stage "
+            "from scratch."
+        )
+    have = ", ".join(map(str, steps)) if steps else "none"
+    return CheckpointError(
+        f"No finalised checkpoint for step {step} in {directory}; steps that exist: {have}. "
+        "Pick one of those steps, or restore the latest one."
+    )
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def tree_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Map 'a/b/c' paths to (shape, dtype name) for arrays, abstract arrays or orbax metadata.
+
+    Tuples and namedtuples (optax states) and the dicts orbax stores them as give the same
+    paths (index, field name), so a target and a checkpoint's metadata compare directly.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    signature = {}
+    for keys, leaf in leaves:
+        shape = tuple(int(d) for d in getattr(leaf, "shape", np.shape(leaf)))
+        dtype = getattr(leaf, "dtype", None)
+        dtype = np.result_type(leaf) if dtype is None else dtype
+        signature["/".join(_key_name(k) for k in keys)] = (shape, str(np.dtype(dtype)))
+    return signature
+
+
+def _paths_text(paths: Sequence[str]) -> str:
+    shown = ", ".join(paths[:_SHOWN])
+    return shown + (f", … ({len(paths) - _SHOWN} more)" if len(paths) > _SHOWN else "")
+
+
+def check_fits(
+    stored: Mapping[str, tuple[tuple[int, ...], str]],
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    item: str,
+    location: str,
+) -> list[str]:
+    """Raise CheckpointError if a stored tree does not fit the model's; return dtype casts.
+
+    Shape errors name the first mismatching path in the model's order with both shapes;
+    structural errors list the paths missing on either side. Dtype differences are allowed
+    (orbax casts on restore) and returned as 'path: stored -> expected' notes.
+    """
+    if item == OPT_STATE:
+        fix = (
+            "The optimizer differs from the one that wrote the checkpoint: configure the same "
+            "optimizer to resume, or restore parameters only (params_only=True) to start a "
+            "fresh optimizer state."
+        )
+    else:
+        fix = (
+            "The checkpoint was written by another model: use the model configuration that "
+            "wrote it (see its metadata), or start this stage from scratch."
+        )
+    head = f"Checkpoint {location} item {item!r} does not fit the model"
+    missing = [p for p in expected if p not in stored]
+    extra = [p for p in stored if p not in expected]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing in the checkpoint: {_paths_text(missing)}")
+        if extra:
+            parts.append(f"in the checkpoint but not in the model: {_paths_text(extra)}")
+        raise CheckpointError(f"{head}: {'; '.join(parts)}. {fix}")
+    bad = [p for p in expected if stored[p][0] != expected[p][0]]
+    if bad:
+        first = bad[0]
+        more = f" ({len(bad) - 1} more arrays differ)" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{head}: at {first} the checkpoint has shape {stored[first][0]} but the model "
+            f"expects {expected[first][0]}{more}. {fix}"
+        )
+    return [
+        f"{p}: {stored[p][1]} -> {expected[p][1]}"
+        for p in expected
+        if stored[p][1] != expected[p][1]
+    ]
+
+
+def _to_json(value: Any, path: str = "metadata") -> Any:
+    """Plain JSON value of `value`; numpy/jax scalars become Python numbers, tuples lists."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic | np.ndarray | jax.Array) and np.ndim(value) == 0:
+        return np.asarray(value).item()
+    if isinstance(value, list | tuple):
+        return [_to_json(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise CheckpointError(
+                    f"Checkpoint {path} has the key {key!r} of type {type(key).__name__}: JSON "
+                    "keys must be strings. Convert it with str() before saving."
+                )
+            out[key] = _to_json(v, f"{path}.{key}")
+        return out
+    raise CheckpointError(
+        f"Checkpoint {path} is a {type(value).__name__} ({value!r:.80}), which is not JSON. "
+        "Pass numbers, strings, lists or dicts (e.g. .tolist() for arrays)."
+    )
+
+
+def checkpoint_metadata(
+    *,
+    stage_index: int,
+    stage_name: str,
+    global_step: int,
+    parent: tuple[str, int] | None = None,
+    data_position: Any = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata item the trainer saves with each checkpoint (save() adds the step).
+
+    `parent` is the (stage directory, step) this stage started from, so a chain of checkpoints
+    can be followed back through the stage switches; `data_position` is whatever the input
+    pipeline needs to continue (e.g. examples consumed per task).
+    """
+    lineage = None if parent is None else {"parent_path": str(parent[0]), "parent_step": parent[1]}
+    return {
+        "stage_index": stage_index,
+        "stage_name": stage_name,
+        "global_step": global_step,
+        "lineage": lineage,
+        "data_position": data_position,
+        **extra,
+    }
+
+
+def _state_parts(state: Any) -> tuple[Any, Any, Any]:
+    get = state.get if isinstance(state, Mapping) else lambda k, d=None: getattr(state, k, d)
+    missing = [k for k in (STEP, PARAMS, OPT_STATE) if get(k, None) is None]
+    if missing:
+        raise CheckpointError(
+            f"Train state of type {type(state).__name__} has no {', '.join(missing)}: a train "
+            "state must carry step, params and opt_state."
+        )
+    return get(STEP), get(PARAMS), get(OPT_STATE)
+
+
+def _with_parts(target: Any, step: Any, params: Any, opt_state: Any) -> Any:
+    new = {STEP: step, PARAMS: params, OPT_STATE: opt_state}
+    if isinstance(target, Mapping):
+        return type(target)({**target, **new})
+    if hasattr(target, "replace"):  # flax.struct dataclasses and flax TrainState
+        return target.replace(**new)
+    if dataclasses.is_dataclass(target):
+        return dataclasses.replace(target, **new)
+    if hasattr(target, "_replace"):
+        return target._replace(**new)
+    raise CheckpointError(
+        f"Cannot rebuild a train state of type {type(target).__name__}: use a dict, a "
+        "dataclass, a flax struct or a namedtuple with step, params and opt_state."
+    )
+
+
+def _step_restore_args(target_step: Any) -> ocp.RestoreArgs:
+    dtype = getattr(target_step, "dtype", None)
+    dtype = np.dtype(np.int32 if dtype is None else dtype)
+    sharding = getattr(target_step, "sharding", None)
+    if sharding is not None:
+        return ocp.ArrayRestoreArgs(sharding=sharding, dtype=dtype)
+    return ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype)
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Handlers by item name, so a fresh manager can read item metadata before any restore."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for name, save, restore, handler in (
+        (PARAMS, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
+        (OPT_STATE, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
+        (STEP, ocp.args.ArraySave, ocp.args.ArrayRestore, ocp.ArrayCheckpointHandler),
+        (METADATA, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
+    ):
+        registry.add(name, save, handler)
+        registry.add(name, restore, handler)
+    return registry
+
+
+class StageCheckpointer:
+    """Checkpoints of one stage directory (`MODEL_DIR/<stage name>`), numbered by stage step.
+
+    `read_only=True` opens another stage's (or another run's) directory for restoring: nothing
+    is created, probed or cleaned up there, so it is safe on a location this run cannot write.
+    Restore methods first wait for this process's own pending write, so a process can read back
+    what it just saved; `latest_step()` and `all_steps()` never block.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        config: CheckpointConfig | None = None,
+        *,
+        read_only: bool = False,
+    ):
+        self.directory = epath.Path(directory)
+        self.config = config or CheckpointConfig()
+        self.read_only = read_only
+        if read_only:
+            if not self.directory.is_dir():
+                raise _missing_error(self.directory, None, [])
+        else:
+            self._check_writable()
+        options = ocp.CheckpointManagerOptions(
+            create=False,
+            read_only=read_only,
+            enable_async_checkpointing=self.config.async_save,
+            # A rerun after a crash must not trip over the crashed run's unfinished step dirs.
+            cleanup_tmp_directories=not read_only,
+            save_root_metadata=False,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, handler_registry=_handler_registry()
+        )
+        self._pending: int | None = None
+
+    def _check_writable(self) -> None:
+        fix = "Choose a writable --gin.MODEL_DIR (or fix the directory's permissions)."
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(
+                f"Cannot create the checkpoint directory {self.directory}: {e}. {fix}"
+            ) from e
+        # An actual write, not os.access: root passes access checks on read-only directories.
+        probe = self.directory / f".ptjf-write-probe-{jax.process_index()}-{os.getpid()}"
+        try:
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(
+                f"Checkpoint directory {self.directory} is not writable: {e}. {fix}"
+            ) from e
+
+    def save(self, step: int, state: Any, metadata: Mapping[str, Any], force: bool = False) -> bool:
+        """Start writing `state` at stage step `step`; returns whether a save was started.
+
+        Saves when `force` (the end of a stage) or when `step` is a multiple of `period`; a step
+        that is already saved or being saved is skipped. Returns as soon as the arrays are
+        copied off the accelerator when `async_save` is on; the write continues in the
+        background (see `wait`).
+        """
+        if self.read_only:
+            raise CheckpointError(
+                f"Checkpoint directory {self.directory} was opened read-only; saving needs a "
+                "StageCheckpointer created with read_only=False."
+            )
+        step = int(step)
+        period = self.config.period
+        if not force and (period == 0 or step % period != 0):
+            return False
+        meta = _to_json(dict(metadata))
+        if meta.setdefault(STEP, step) != step:
+            raise CheckpointError(
+                f"Checkpoint metadata says step {meta[STEP]!r} but save() was called with step "
+                f"{step}: the metadata step is the stage-local step; drop it or make them equal."
+            )
+        meta.setdefault("ptjf_version", ptjf.__version__)
+        step_value, params, opt_state = _state_parts(state)
+        self.wait()  # also collects garbage, while nothing is in flight
+        if step in self._manager.all_steps():
+            log.info("Checkpoint step %d already in %s; not saving it again.", step, self.directory)
+            return False
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardSave(params),
+                    OPT_STATE: ocp.args.StandardSave(opt_state),
+                    STEP: ocp.args.ArraySave(jnp.asarray(step_value, jnp.int32)),
+                    METADATA: ocp.args.JsonSave(meta),
+                }
+            ),
+            force=True,  # the period decision is made above, not by orbax's interval policy
+        )
+        self._pending = step
+        return True
+
+    def wait(self) -> None:
+        """Block until the pending write is finalised, then delete checkpoints beyond `keep`."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            step, self._pending = self._pending, None
+            raise CheckpointError(
+                f"Writing checkpoint step {step} to {self.directory} failed: {e}. Older "
+                "checkpoints were kept. Check free space and permissions of the directory."
+            ) from e
+        self._pending = None
+        self._collect_garbage()
+
+    def _collect_garbage(self) -> None:
+        keep = self.config.keep
+        if keep is None or self.read_only:
+            return
+        for step in sorted(self._manager.all_steps())[:-keep]:
+            self._manager.delete(step)
+
+    def all_steps(self) -> list[int]:
+        """Finalised steps, ascending (a write still in flight is not listed)."""
+        return finalized_steps(self.directory)
+
+    def latest_step(self) -> int | None:
+        """Newest finalised step, or None."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def _resolve(self, step: int | None) -> int:
+        if self._pending is not None:
+            self.wait()
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise _missing_error(self.directory, None, steps)
+            return steps[-1]
+        if int(step) not in steps:
+            raise _missing_error(self.directory, int(step), steps)
+        return int(step)
+
+    def _stored_signature(self, step: int, item: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        try:
+            item_metadata = self._manager.metadata(step).item_metadata
+            stored = item_metadata.get(item)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"Cannot read the metadata of item {item!r} in {self._location(step)}: {e}. "
+                "The checkpoint may be corrupt; restore another step."
+            ) from e
+        if stored is None:
+            raise CheckpointError(
+                f"Checkpoint {self._location(step)} has no item {item!r}; it was not written "
+                "by ptjf's StageCheckpointer. Restore a ptjf checkpoint or convert it first."
+            )
+        return tree_signature(getattr(stored, "tree", stored))
+
+    def _validate(self, step: int, item: str, target: Any) -> None:
+        stored = self._stored_signature(step, item)
+        casts = check_fits(stored, tree_signature(target), item, self._location(step))
+        if casts:
+            log.warning(
+                "Checkpoint %s item %r: casting %d arrays to the model's dtype (%s).",
+                self._location(step),
+                item,
+                len(casts),
+                _paths_text(casts),
+            )
+
+    def _location(self, step: int) -> str:
+        return str(self.directory / str(step))
+
+    def _restore_items(self, step: int, items: dict[str, ocp.args.CheckpointArgs]) -> Any:
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"Restoring {', '.join(items)} from {self._location(step)} failed: {e}"
+            ) from e
+
+    def restore(self, step: int | None = None, *, target_state: Any) -> tuple[Any, dict]:
+        """Full train state at `step` (None = latest) onto `target_state`'s structure.
+
+        `target_state` may hold arrays or `jax.ShapeDtypeStruct`s; their shardings place the
+        restored arrays. Fields other than step/params/opt_state are taken from the target.
+        """
+        step = self._resolve(step)
+        target_step, target_params, target_opt = _state_parts(target_state)
+        self._validate(step, PARAMS, target_params)
+        self._validate(step, OPT_STATE, target_opt)
+        restored = self._restore_items(
+            step,
+            {
+                PARAMS: ocp.args.StandardRestore(target_params),
+                OPT_STATE: ocp.args.StandardRestore(target_opt),
+                STEP: ocp.args.ArrayRestore(restore_args=_step_restore_args(target_step)),
+                METADATA: ocp.args.JsonRestore(),
+            },
+        )
+        state = _with_parts(target_state, restored[STEP], restored[PARAMS], restored[OPT_STATE])
+        return state, dict(restored[METADATA])
+
+    def restore_params(
+        self, step: int | None = None, *, target_params: Any = None
+    ) -> tuple[Any, dict]:
+        """Parameters only (the stage switch); reads neither the optimizer state nor the step.
+
+        Without `target_params` the stored tree is returned as saved (no fit check).
+        """
+        step = self._resolve(step)
+        if target_params is not None:
+            self._validate(step, PARAMS, target_params)
+        restored = self._restore_items(
+            step,
+            {PARAMS: ocp.args.StandardRestore(target_params), METADATA: ocp.args.JsonRestore()},
+        )
+        return restored[PARAMS], dict(restored[METADATA])
+
+    def read_metadata(self, step: int | None = None) -> dict:
+        """The JSON metadata item of `step` (None = latest), without reading any array."""
+        step = self._resolve(step)
+        return dict(self._restore_items(step, {METADATA: ocp.args.JsonRestore()})[METADATA])
+
+    def close(self) -> None:
+        """Finish the pending write, collect garbage and release orbax's resources."""
+        try:
+            if not self.read_only:
+                self.wait()
+        finally:
+            self._manager.close()
+
+    def __enter__(self) -> StageCheckpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

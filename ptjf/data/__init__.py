@@ -1,0 +1,1 @@
+"""SeqIO glue: splits, in-memory sources, vocabularies and text preprocessors."""

@@ -1,0 +1,27 @@
+"""Shared test set-up: quiet TensorFlow, a fresh ptjf cache per session, CPU-only JAX."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An empty cache, as on a fresh machine: vocabularies are built once per test session.
+    if "PTJF_DATA_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["PTJF_DATA_DIR"] = tempfile.mkdtemp(prefix="ptjf-test-cache-")
+
+
+@pytest.fixture(scope="session")
+def bible_vocab():
+    """The embedded Bible problem's vocabulary (built on first use in the session)."""
+    import ptjf.tasks  # noqa: F401
+    import seqio
+
+    return seqio.get_mixture_or_task("bible_translate_en_fr").output_features["targets"].vocabulary
