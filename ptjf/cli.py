@@ -108,7 +108,74 @@ def _rates_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_rates)
 
 
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [_rates_parser]
+def cmd_train(args: argparse.Namespace) -> int:
+    from ptjf import config as gin_config
+    from ptjf import train
+
+    files, bindings, rest = gin_config.flags_to_gin(args.extra)
+    if rest:
+        raise PtjfError(f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE).")
+    summary = train.run(files, bindings)
+    print(f"ptjf train: done at global step {summary.global_step}; results in {summary.model_dir}")
+    return 0
+
+
+def cmd_switch(args: argparse.Namespace) -> int:
+    from ptjf import checkpoints, stages, switch
+    from ptjf import config as gin_config
+
+    files, bindings, rest = gin_config.flags_to_gin(args.extra)
+    if rest:
+        raise PtjfError(f"unrecognized arguments: {' '.join(rest)}")
+    gin_config.parse_gin(files, bindings)
+    plan = stages.Plan()
+    src, step = switch.switch(
+        args.source, args.target, plan, stage=args.stage, checkpoint=checkpoints.CheckpointConfig()
+    )
+    print(f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ptjf import demo
+
+    demo.run_demo(args.model_dir, quick=args.quick)
+    return 0
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="run a plan of stages: --gin_file=FILE ... --gin.NAME=VALUE ...",
+        description="Runs the gin-configured plan. Rerunning the same command resumes it.",
+    )
+    p.set_defaults(fn=cmd_train, accepts_extra=True)
+
+
+def _switch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "switch",
+        help="stage switch: a checkpoint's parameters + a fresh optimizer state, at step 0",
+    )
+    p.add_argument("--from", dest="source", required=True, help="DIR (latest step) or DIR/STEP")
+    p.add_argument("--to", dest="target", required=True, help="the target stage directory")
+    p.add_argument("--stage", help="target stage of the gin plan (default: its last stage)")
+    p.set_defaults(fn=cmd_switch, accepts_extra=True)
+
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="PTJF vs scalarization on the embedded Bible data")
+    p.add_argument("--model_dir", default="runs/demo", help="where both runs go (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long version (tests)")
+    p.set_defaults(fn=cmd_demo)
+
+
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _rates_parser,
+    _train_parser,
+    _switch_parser,
+    _demo_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ TARGETS = ("fr", "es", "ru", "tl", "vi")
 LM_LANGUAGES = ("en", "fr", "es", "ru", "tl", "vi")
 LOW_RESOURCE_TRAIN_SIZE = 450
 PROBLEM = "bible"
-VOCAB_SIZE = 8000
+VOCAB_SIZE = 4000
 SPLIT = SplitSpec()
 
 # Verse-number markers some translations carry inline where their numbering differs, e.g.

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gin
 import seqio
 
 from ptjf import sampling
@@ -534,3 +535,32 @@ def derive_mixture(base: str, weights: Mapping[str, float], name: str | None = N
             return name
         register_mixture(name, spec.tasks, method="static", weights=rates, overwrite=True)
     return name
+
+
+@gin.configurable("mixture_rates")
+def rates_by(
+    mixture: str,
+    method: str = "temperature",
+    *,
+    tau: float | None = None,
+    budget: float | None = None,
+    max_epochs: float | None = None,
+    weights: Mapping[str, float] | None = None,
+) -> dict[str, float]:
+    """Rates of a registered mixture's tasks by another method (gin: `@mixture_rates()`).
+
+    Lets a run file turn any mixture into, say, its τ = 3.33 temperature variant for a stage's
+    `rates` without registering a new mixture; sizes are the tasks' training-split sizes (or
+    the mixture's given sizes).
+    """
+    spec = mixture_spec(mixture)
+    needs_sizes = method not in ("static", "uniform")
+    return sampling.rates_for(
+        method,
+        sizes=spec.resolved_sizes() if needs_sizes else None,
+        weights=weights if method != "uniform" else (weights or dict.fromkeys(spec.tasks, 1.0)),
+        tau=tau,
+        budget=budget,
+        max_epochs=max_epochs,
+        unit=spec.size_unit,
+    )

@@ -1,0 +1,296 @@
+"""Training and evaluation batches: SeqIO encoder-decoder features plus per-token task ids.
+
+Batches carry the features of SeqIO's `EncDecFeatureConverter` (`encoder_input_tokens`,
+`decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`, and when packed the
+`*_segment_ids` / `*_positions`), all int32 `[batch, length]`, plus `task_ids`: for every
+decoder token the index of its task in the mixture's order, -1 on padding. The trainer counts
+examples and tokens seen per task from `task_ids` (the paper's "examples seen" axis, Fig. 2)
+and gives the model only the model features.
+
+SeqIO 0.0.20's converters refuse pass-through features when packing, so packing is SeqIO's
+`trim_and_pack_dataset` over {inputs, targets, task_ids}: `task_ids` has the targets' length
+and packs exactly as they do. The conversion after it follows the converter's conventions
+(decoder inputs are the targets shifted right with 0 at each segment's start; loss weight 1 on
+every non-padding target token).
+
+The training stream is a pure function of (`DatasetConfig`, shard): every shuffle and the task
+sampler are seeded and tf.data runs deterministically, so `start_batch=n` resumes exactly
+where an uninterrupted stream would be, in this process or another. It does so by skipping n
+batches, which is exact but costs time linear in n (the skipped batches are still built); a
+checkpointable iterator may replace it. TensorFlow combines op seeds with its global seed, so
+`tf.random.set_seed` elsewhere changes the stream: leave it unset (or set it identically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import gin
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from ptjf.data import mixing
+from ptjf.errors import ConfigError, DataError
+
+Batch = dict[str, np.ndarray]
+FEATURE_KEYS = ("inputs", "targets")
+PREFETCH_BATCHES = 4
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_lengths(lengths: Mapping[str, int], where: str = "task_feature_lengths") -> dict:
+    """Validated {"inputs": L_in, "targets": L_tgt} as a plain dict."""
+    if not isinstance(lengths, Mapping) or set(lengths) != set(FEATURE_KEYS):
+        raise ConfigError(
+            f"{where}={lengths!r}: expected a mapping with exactly the keys 'inputs' and "
+            "'targets', e.g. {'inputs': 128, 'targets': 128}."
+        )
+    for key in FEATURE_KEYS:
+        value = lengths[key]
+        if not _is_int(value) or value <= 0:
+            raise ConfigError(
+                f"{where}[{key!r}]={value!r}: sequence lengths must be positive integers "
+                "(tokens per example, EOS included)."
+            )
+    return {k: int(lengths[k]) for k in FEATURE_KEYS}
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"{name}={value!r}: expected a positive integer.")
+
+
+@gin.configurable("DatasetConfig")
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """What a stage trains on (shaped like T5X's `utils.DatasetConfig`).
+
+    rates: static weights overriding a mixture's own rates (one point of the paper's rate
+        grid); tasks left out get rate 0. None keeps the mixture's rates.
+    module: imported before the name is looked up, so a gin file can name the module that
+        registers its tasks (T5X habit).
+    seed: None gives a different, non-reproducible stream each time (no exact resume).
+    """
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    batch_size: int
+    split: str = "train"
+    shuffle: bool = True
+    seed: int | None = 0
+    pack: bool = True
+    rates: Mapping[str, float] | None = None
+    module: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
+            raise ConfigError(
+                f"DatasetConfig.mixture_or_task_name={self.mixture_or_task_name!r}: expected "
+                "the name of a registered task or mixture."
+            )
+        lengths = check_lengths(self.task_feature_lengths, "DatasetConfig.task_feature_lengths")
+        object.__setattr__(self, "task_feature_lengths", lengths)
+        _check_positive("DatasetConfig.batch_size", self.batch_size)
+        if self.seed is not None and not _is_int(self.seed):
+            raise ConfigError(f"DatasetConfig.seed={self.seed!r}: expected an integer or None.")
+        if self.rates is not None:
+            object.__setattr__(self, "rates", dict(self.rates))
+
+
+def _import_module(config: DatasetConfig) -> None:
+    if config.module:
+        try:
+            importlib.import_module(config.module)
+        except ImportError as e:
+            raise ConfigError(
+                f"DatasetConfig.module={config.module!r} cannot be imported ({e}); name an "
+                "importable module that registers the task or mixture, or leave it None."
+            ) from e
+
+
+def mixture_task_names(config: DatasetConfig) -> list[str]:
+    """The config's tasks; position in this list is the task id in `task_ids`."""
+    _import_module(config)
+    return mixing.task_names(config.mixture_or_task_name)
+
+
+def effective_rates(config: DatasetConfig) -> dict[str, float]:
+    """The normalised rates the stream samples with, in task order (0 for dropped tasks)."""
+    _import_module(config)
+    return mixing.mixture_rates(config.mixture_or_task_name, config.rates)
+
+
+# --- features ------------------------------------------------------------------------------
+
+
+def _model_features(ex: Mapping[str, tf.Tensor], packed: bool) -> dict[str, tf.Tensor]:
+    targets = ex["targets"]
+    segments = ex["targets_segment_ids"] if packed else None
+    out = {
+        "encoder_input_tokens": ex["inputs"],
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": seqio.utils.make_autoregressive_inputs(
+            targets, sequence_id=segments, bos_id=0
+        ),
+        "decoder_loss_weights": tf.cast(tf.not_equal(targets, 0), tf.int32),
+        "task_ids": ex["task_ids"] - 1,
+    }
+    if packed:
+        out["encoder_segment_ids"] = ex["inputs_segment_ids"]
+        out["decoder_segment_ids"] = ex["targets_segment_ids"]
+        out["encoder_positions"] = ex["inputs_positions"]
+        out["decoder_positions"] = ex["targets_positions"]
+    return out
+
+
+def to_features(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> tf.data.Dataset:
+    """{inputs, targets, task_ids} examples → fixed-length model features (packed or padded)."""
+    feature_lengths = {**lengths, "task_ids": lengths["targets"]}
+    if pack:
+        ds = seqio.utils.trim_and_pack_dataset(ds, feature_lengths)
+    else:
+        ds = seqio.utils.trim_and_pad_dataset(ds, feature_lengths)
+    return ds.map(lambda ex: _model_features(ex, pack), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def train_batches(
+    config: DatasetConfig, *, start_batch: int = 0, shard_index: int = 0, num_shards: int = 1
+) -> Iterator[Batch]:
+    """The infinite stream of this host's training batches, `[batch_size // num_shards, L]`.
+
+    Host `shard_index` reads a disjoint 1/`num_shards` of every task (SeqIO `ShardInfo`).
+    `start_batch=n` yields what the uninterrupted stream yields from batch n on (see module
+    docstring for the cost). Batches become numpy arrays only when taken.
+    """
+    _check_positive("num_shards", num_shards)
+    if not _is_int(shard_index) or not 0 <= shard_index < num_shards:
+        raise ConfigError(
+            f"shard_index={shard_index!r} is out of range for num_shards={num_shards}; "
+            f"expected 0 <= shard_index < {num_shards}."
+        )
+    if config.batch_size % num_shards:
+        raise ConfigError(
+            f"batch_size={config.batch_size} is not divisible by num_shards={num_shards}: "
+            "each host takes batch_size // num_shards rows; choose a batch size that is a "
+            "multiple of the number of hosts."
+        )
+    if not _is_int(start_batch) or start_batch < 0:
+        raise ConfigError(f"start_batch={start_batch!r}: expected an integer >= 0.")
+    names = mixture_task_names(config)
+    rates = effective_rates(config)
+    examples = mixing.mixed_dataset(
+        names,
+        rates,
+        split=config.split,
+        lengths=config.task_feature_lengths,
+        shuffle=config.shuffle,
+        seed=config.seed,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+    )
+    ds = to_features(examples, config.task_feature_lengths, config.pack)
+    ds = ds.batch(config.batch_size // num_shards, drop_remainder=True)
+    ds = _deterministic(ds).skip(start_batch).prefetch(PREFETCH_BATCHES)
+    return iter(ds.as_numpy_iterator())
+
+
+def count_by_task(batch: Mapping[str, np.ndarray], num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
+    """(examples, tokens) per task in a batch, each int64 `[num_tasks]`.
+
+    examples: target segments (a packed row holds several; an unpacked row with any real
+    target token is one); tokens: real target tokens. Ids < 0 (padding) count nowhere.
+    """
+    task_ids = np.asarray(batch["task_ids"])
+    if task_ids.ndim != 2:
+        raise DataError(f"task_ids has shape {task_ids.shape}; expected [batch, target_length].")
+    if task_ids.size and task_ids.max() >= num_tasks:
+        raise DataError(
+            f"task_ids holds task id {int(task_ids.max())} but num_tasks={num_tasks}; pass the "
+            "number of tasks of the mixture the batch came from (len(mixture_task_names))."
+        )
+    real = task_ids >= 0
+    segments = batch.get("decoder_segment_ids")
+    segments = real.astype(np.int32) if segments is None else np.asarray(segments)
+    new_segment = np.ones_like(real)
+    new_segment[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    starts = real & new_segment
+    tokens = np.bincount(task_ids[real], minlength=num_tasks)
+    examples = np.bincount(task_ids[starts], minlength=num_tasks)
+    return examples.astype(np.int64), tokens.astype(np.int64)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def eval_batches(
+    task_name: str,
+    split: str,
+    task_feature_lengths: Mapping[str, int],
+    batch_size: int,
+    *,
+    max_examples: int | None = None,
+) -> list[Batch]:
+    """Every example of a task's split once, in the source's fixed order, unpacked.
+
+    `max_examples` keeps the first n (the paper's training-set panel is a fixed subset of the
+    training split). The last batch is filled with all-zero rows (loss weight 0, task id -1),
+    so every batch has one shape and the eval step compiles once. `task_ids` is 0 on real
+    target tokens: each eval task is scored on its own.
+    """
+    lengths = check_lengths(task_feature_lengths)
+    _check_positive("batch_size", batch_size)
+    if max_examples is not None:
+        _check_positive("max_examples", max_examples)
+    if mixing.task_names(task_name) != [task_name]:
+        raise ConfigError(
+            f"{task_name!r} is a mixture; eval_batches takes one task name (evaluate each of "
+            f"its tasks: {mixing.task_names(task_name)})."
+        )
+    ds = mixing.task_dataset(
+        task_name,
+        0,
+        split=split,
+        lengths=lengths,
+        shuffle=False,
+        seed=None,
+        shard_info=None,
+        num_epochs=1,
+    )
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    ds = _deterministic(to_features(ds, lengths, pack=False).batch(batch_size))
+    batches = list(ds.as_numpy_iterator())
+    if not batches:
+        raise DataError(
+            f"Task {task_name!r} gives no example for split {split!r} after preprocessing; "
+            "check its data and preprocessors."
+        )
+    last = batches[-1]
+    missing = batch_size - len(last["task_ids"])
+    if missing:
+        batches[-1] = {
+            k: np.concatenate(
+                [v, np.full((missing, *v.shape[1:]), -1 if k == "task_ids" else 0, v.dtype)]
+            )
+            for k, v in last.items()
+        }
+    return batches
+
+
+def num_eval_examples(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
+    """Real (non-padding) examples in eval batches."""
+    return int(sum(np.count_nonzero((np.asarray(b["task_ids"]) >= 0).any(axis=1)) for b in batches))

@@ -1,0 +1,192 @@
+"""Which tasks a run trains on, at which rates, and the tf.data stream that mixes them.
+
+A mixture is sampled example by example: each task's split is repeated and shuffled on its
+own, then `tf.data.Dataset.sample_from_datasets` draws the next example from task i with
+probability r_i (big_vision's way of mixing by normalised weight). The rates are the mixture's
+own (`ptjf.tasks.mixture_spec(name).rates()`) or a static override, e.g. one point of the
+paper's rate grid (Sec. 4), normalised by `ptjf.sampling.static_rates`. A task with rate 0
+keeps its task id but is never read.
+
+Every example carries a `task_ids` feature (task index + 1 on each target token, so 0 stays the
+padding value that SeqIO's packing relies on), which lets the trainer count examples seen per
+task after packing has put several tasks in one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+
+from ptjf import sampling
+from ptjf.errors import DataError, RatesError
+
+# ptjf.tasks is imported lazily: importing it registers the embedded tasks.
+
+
+def _tasks_module():
+    import ptjf.tasks
+
+    return ptjf.tasks
+
+
+def task_names(name: str) -> list[str]:
+    """The tasks of mixture `name` in the mixture's order (= task id order); [name] for a task.
+
+    Raises the registry's `UnknownNameError` (naming the closest names) for an unknown name.
+    """
+    tasks = _tasks_module()
+    provider = tasks.get_task_or_mixture(name)
+    if isinstance(provider, seqio.Task):
+        return [name]
+    try:
+        return list(tasks.mixture_spec(name).tasks)
+    except KeyError:
+        # A mixture registered with SeqIO directly rather than through ptjf.tasks.
+        return [t.name for t in provider.tasks]
+
+
+def mixture_rates(name: str, override: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Normalised sampling rates of `name`'s tasks, in task order.
+
+    `override` (static weights, normalised here) replaces the mixture's own rates; tasks it
+    leaves out get rate 0. Without it: a ptjf mixture's rates, a plain SeqIO mixture's rates
+    normalised, or {name: 1.0} for a single task.
+    """
+    names = task_names(name)
+    if override is not None:
+        if not isinstance(override, Mapping):
+            raise RatesError(
+                f"rates={override!r} for {name!r} must be a mapping from task name to weight, "
+                f"e.g. {{{names[0]!r}: 1.0}}."
+            )
+        extra = sorted(set(override) - set(names))
+        if extra:
+            raise RatesError(
+                f"rates name {extra}, which are not tasks of {name!r} (its tasks: {names}); "
+                "give weights only for those tasks (a task left out gets rate 0)."
+            )
+        return sampling.static_rates({t: override.get(t, 0.0) for t in names})
+    provider = _tasks_module().get_task_or_mixture(name)
+    if isinstance(provider, seqio.Task):
+        return {name: 1.0}
+    try:
+        rates = _tasks_module().mixture_spec(name).rates()
+    except KeyError:
+        rates = {t.name: float(provider.get_rate(t)) for t in provider.tasks}
+    return sampling.static_rates({t: rates[t] for t in names})
+
+
+def derive_seed(seed: int | None, *parts: object) -> int | None:
+    """A seed for one part of the pipeline (a task, the sampler, a shard), stable across
+    processes (unlike Python's `hash`), so the stream is a pure function of the config."""
+    if seed is None:
+        return None
+    text = "|".join(map(str, (seed, *parts)))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") >> 1
+
+
+def _with_task_ids(ds: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
+    def fn(ex):
+        targets = tf.cast(ex["targets"], tf.int32)
+        return {
+            "inputs": tf.cast(ex["inputs"], tf.int32),
+            "targets": targets,
+            "task_ids": tf.fill(tf.shape(targets), tf.constant(task_id + 1, tf.int32)),
+        }
+
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def task_dataset(
+    task_name: str,
+    task_id: int,
+    *,
+    split: str,
+    lengths: Mapping[str, int],
+    shuffle: bool,
+    seed: int | None,
+    shard_info: seqio.ShardInfo | None,
+    num_epochs: int | None,
+) -> tf.data.Dataset:
+    """One task's tokenized examples (targets trimmed with EOS kept, as SeqIO does) plus
+    `task_ids`. SeqIO's in-memory cache is off so that each epoch is a fresh permutation of
+    the source (the cache would freeze the first epoch's order)."""
+    task = seqio.get_mixture_or_task(task_name)
+    ds = task.get_dataset(
+        sequence_length=dict(lengths),
+        split=split,
+        shuffle=shuffle,
+        seed=seed,
+        shard_info=shard_info,
+        num_epochs=num_epochs,
+        try_in_mem_cache=False,
+    )
+    return _with_task_ids(ds, task_id)
+
+
+def check_not_empty(
+    task_name: str, *, split: str, lengths: Mapping[str, int], shard_info: seqio.ShardInfo
+) -> None:
+    """Raises `DataError` if a task gives no example at all for this host: an empty repeated
+    dataset would otherwise be skipped silently by the sampler."""
+    ds = task_dataset(
+        task_name,
+        0,
+        split=split,
+        lengths=lengths,
+        shuffle=False,
+        seed=None,
+        shard_info=shard_info,
+        num_epochs=1,
+    )
+    if next(iter(ds.take(1)), None) is None:
+        raise DataError(
+            f"Task {task_name!r} gives no example for split {split!r} on shard "
+            f"{shard_info.index} of {shard_info.num_shards}: its data is empty after "
+            "preprocessing, or smaller than the number of shards. Check the task's data and "
+            "preprocessors, use fewer hosts, or give the task rate 0."
+        )
+
+
+def mixed_dataset(
+    names: Sequence[str],
+    rates: Mapping[str, float],
+    *,
+    split: str,
+    lengths: Mapping[str, int],
+    shuffle: bool,
+    seed: int | None,
+    shard_info: seqio.ShardInfo,
+) -> tf.data.Dataset:
+    """The infinite stream of {inputs, targets, task_ids} examples, tasks drawn by rate.
+
+    Seeds are derived per task and per shard from `seed` so that hosts do not draw the same
+    task sequence and tasks do not share shuffles.
+    """
+    active = [(i, t) for i, t in enumerate(names) if rates[t] > 0]
+    for _, t in active:
+        check_not_empty(t, split=split, lengths=lengths, shard_info=shard_info)
+    datasets = [
+        task_dataset(
+            t,
+            i,
+            split=split,
+            lengths=lengths,
+            shuffle=shuffle,
+            seed=derive_seed(seed, "task", t, shard_info.index),
+            shard_info=shard_info,
+            num_epochs=None,
+        )
+        for i, t in active
+    ]
+    if len(datasets) == 1:
+        return datasets[0]
+    return tf.data.Dataset.sample_from_datasets(
+        datasets,
+        weights=[rates[t] for _, t in active],
+        seed=derive_seed(seed, "sampler", shard_info.index),
+        stop_on_empty_dataset=False,
+    )

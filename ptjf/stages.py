@@ -1,0 +1,181 @@
+"""Stages, plans and the stage switch: every method of the paper as data.
+
+A `Stage` is a mixture (or task), a number of steps, an optimizer, a learning-rate schedule
+and what it carries over from the stage before it. A `Plan` is a list of stages. The paper's
+methods are all plans of one or two stages (DESIGN.md's table):
+
+| method                  | stage 1                    | stage 2                                   |
+|-------------------------|----------------------------|-------------------------------------------|
+| scalarization           | mixture w, N steps         | —                                         |
+| temperature / UniMax    | mixture from sizes, N      | —                                         |
+| restart baseline        | mixture w, N1 steps        | same mixture, N2 steps, reset opt + sched |
+| transfer learning       | high-resource, N1 steps    | low-resource only, N2 steps, reset        |
+| PTJF                    | high-resource, N1 steps    | mixture w, N2 steps, reset opt + sched    |
+
+The *stage switch* (paper Sec. 3) is `switch_state`: restore the previous stage's parameters
+only, build the new stage's optimizer state from scratch and start its schedule at step 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import optax
+
+from ptjf.errors import ConfigError
+from ptjf.training import optimizers, schedules
+from ptjf.training.train_state import TrainState, create_train_state
+
+
+@gin.configurable("Stage")
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a plan.
+
+    name: the stage's directory under MODEL_DIR (checkpoints) and its label in metrics.
+    mixture_or_task_name: what the stage trains on. rates: static weights overriding the
+        mixture's own rates (one point of the paper's grid), e.g. {"high": 0.9, "low": 0.1}.
+    steps: the stage's number of training steps; its schedule counts these from 0.
+    optimizer, schedule: the stage's own (a new stage gets a fresh optimizer state).
+    init_from: "previous" (the previous stage's final parameters) or "scratch".
+    reset_optimizer / reset_schedule: False carries the previous stage's optimizer state /
+        schedule position over instead (a plan without resets is one long run cut in two).
+    eval_tasks: tasks evaluated in this stage in addition to the plan's.
+    """
+
+    name: str
+    mixture_or_task_name: str
+    steps: int
+    optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig()
+    schedule: schedules.ScheduleConfig = schedules.ScheduleConfig(name="constant", peak_lr=1e-3)
+    rates: Mapping[str, float] | None = None
+    init_from: str = "previous"
+    reset_optimizer: bool = True
+    reset_schedule: bool = True
+    eval_tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name.strip().isdigit():
+            raise ConfigError(
+                f"Stage name {self.name!r} is invalid: it names a directory under MODEL_DIR, so "
+                "use a non-empty word without '/' that is not a number (e.g. 'pretrain')."
+            )
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError(
+                f"Stage {self.name!r} has steps={self.steps!r}: a stage needs at least 1 step. "
+                "Remove the stage from the plan instead of giving it 0 steps."
+            )
+        if self.init_from not in ("previous", "scratch"):
+            raise ConfigError(
+                f"Stage {self.name!r}: init_from={self.init_from!r}; use 'previous' or 'scratch'."
+            )
+        if not self.reset_optimizer and self.reset_schedule:
+            raise ConfigError(
+                f"Stage {self.name!r} keeps the optimizer state but resets the schedule: the "
+                "optimizer's step count drives both its bias correction and the schedule, so "
+                "reset both (the stage switch), neither, or only the optimizer."
+            )
+        object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+        if self.rates is not None:
+            object.__setattr__(self, "rates", dict(self.rates))
+
+    @property
+    def carries_optimizer(self) -> bool:
+        return not self.reset_optimizer and self.init_from == "previous"
+
+
+@gin.configurable("Plan")
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The stages of a run, in order, and the tasks evaluated throughout.
+
+    eval_tasks: evaluated in every stage — the paper plots every task from step 0, including
+    those a stage does not train on yet (the low-resource task during pre-training).
+    """
+
+    stages: Sequence[Stage]
+    eval_tasks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        stages = tuple(self.stages)
+        if not stages:
+            raise ConfigError("Plan.stages is empty: a plan needs at least one Stage.")
+        names = [s.name for s in stages]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"Plan has two stages named {dup}; stage names must be unique.")
+        first = stages[0]
+        if first.init_from == "previous" and not first.reset_optimizer:
+            raise ConfigError(
+                f"The first stage {first.name!r} has no previous stage to carry an optimizer "
+                "state from; leave reset_optimizer=True."
+            )
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def steps_before(self, index: int) -> int:
+        return sum(s.steps for s in self.stages[:index])
+
+
+def stage_schedule(plan: Plan, index: int) -> optax.Schedule:
+    """The learning rate of stage `index` as a function of its optimizer's step count.
+
+    With `reset_schedule=False` the stage's own schedule continues from where the previous
+    stage's count left off (the optimizer state is fresh, so its count starts at 0 again).
+    """
+    stage = plan.stages[index]
+    if stage.reset_schedule or index == 0:
+        return schedules.make_schedule(stage.schedule, stage.steps)
+    offset = 0
+    for prev in reversed(plan.stages[:index]):
+        offset += prev.steps
+        if prev.reset_schedule:
+            break
+    inner = schedules.make_schedule(stage.schedule, offset + stage.steps)
+    if stage.carries_optimizer:
+        return inner  # the carried count already includes the offset
+    return lambda count: inner(count + offset)
+
+
+def make_tx(plan: Plan, index: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    schedule = stage_schedule(plan, index)
+    return optimizers.make_optimizer(plan.stages[index].optimizer, schedule), schedule
+
+
+def switch_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    """The stage switch: these parameters, a fresh optimizer state for `tx`, step 0."""
+    return create_train_state(params, tx)
+
+
+def carry_state(previous: TrainState, tx: optax.GradientTransformation) -> TrainState:
+    """A stage that keeps the previous optimizer state (no reset): only the step restarts."""
+    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=previous.params, opt_state=previous.opt_state)
+
+
+def stage_tasks(stage: Stage) -> list[str]:
+    """The tasks a stage trains on (a task name, or a mixture's tasks)."""
+    from ptjf import tasks as ptasks
+
+    provider = ptasks.get_task_or_mixture(stage.mixture_or_task_name)
+    if hasattr(provider, "tasks"):
+        return [t.name for t in provider.tasks]
+    return [provider.name]
+
+
+def plan_eval_tasks(plan: Plan) -> list[str]:
+    """Every task any stage trains on or names for eval, in first-seen order."""
+    out: list[str] = []
+    for name in plan.eval_tasks:
+        out.append(name)
+    for stage in plan.stages:
+        out.extend(stage_tasks(stage))
+        out.extend(stage.eval_tasks)
+    return list(dict.fromkeys(out))

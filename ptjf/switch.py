@@ -1,0 +1,72 @@
+"""`ptjf switch`: the stage switch as a standalone step, for any checkpoint.
+
+Takes a checkpoint (`DIR` = its latest step, or `DIR/STEP`), keeps only its parameters, and
+writes a stage-start checkpoint for a target stage of a gin-configured plan: the source's
+parameters, a fresh optimizer state for that stage's optimizer, step 0, and lineage (the
+parent checkpoint and step) in its metadata. Running `ptjf train` with the same gin files and
+`MODEL_DIR` then starts that stage from it. Parameters that do not fit the target model are
+refused before anything is written, naming the first mismatching path and both shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+from ptjf import checkpoints as ckpt
+from ptjf import stages as stg
+from ptjf.data.vocabularies import padded_vocab_size
+from ptjf.errors import CheckpointError, ConfigError
+from ptjf.models import TransformerConfig
+from ptjf.training.trainer import _abstract_params, plan_vocabulary
+
+
+def switch(
+    source: str,
+    target: str,
+    plan: stg.Plan,
+    *,
+    stage: str | None = None,
+    checkpoint: ckpt.CheckpointConfig | None = None,
+) -> tuple[str, int]:
+    """Writes the stage-start checkpoint of `stage` (default: the plan's last) into `target`.
+
+    Returns the (source stage directory, source step) the parameters came from.
+    """
+    names = [s.name for s in plan.stages]
+    name = stage or names[-1]
+    if name not in names:
+        raise ConfigError(f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME.")
+    index = names.index(name)
+    src_dir, src_step = ckpt.parse_checkpoint_path(source)
+    steps = ckpt.finalized_steps(src_dir) if os.path.isdir(src_dir) else []
+    if not steps:
+        raise CheckpointError(
+            f"No finished checkpoint in {src_dir!r}. Pass a stage directory that holds "
+            "checkpoints (MODEL_DIR/<stage>) or DIR/STEP."
+        )
+    src_step = steps[-1] if src_step is None else src_step
+    if os.path.isdir(target) and ckpt.finalized_steps(target):
+        raise CheckpointError(
+            f"{target!r} already holds checkpoints {ckpt.finalized_steps(target)}; switch into an "
+            "empty stage directory so nothing is overwritten."
+        )
+    config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+    with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
+        params, meta = source_ckpt.restore_params(src_step, target_params=_abstract_params(config))
+    tx, _ = stg.make_tx(plan, index)
+    state = stg.switch_state(params, tx)
+    metadata = ckpt.checkpoint_metadata(
+        stage_index=index,
+        stage_name=name,
+        global_step=plan.steps_before(index),
+        parent=(src_dir, src_step),
+        data_position={"batches": 0},
+        examples_seen=meta.get("examples_seen", {}),
+        tokens_seen=meta.get("tokens_seen", {}),
+        switched_by="ptjf switch",
+    )
+    with ckpt.StageCheckpointer(target, checkpoint) as out:
+        out.save(0, state, metadata, force=True)
+        out.wait()
+    return src_dir, src_step

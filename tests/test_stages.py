@@ -1,0 +1,86 @@
+"""Stages and plans: validation, schedules per stage, the stage switch's fresh optimizer state."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ptjf import stages as stg
+from ptjf.errors import ConfigError
+from ptjf.training.optimizers import OptimizerConfig, make_optimizer
+from ptjf.training.schedules import ScheduleConfig
+
+COSINE = ScheduleConfig(name="warmup_cosine", peak_lr=1.0, warmup_steps=10)
+
+
+def _stage(name: str, steps: int = 100, **kw) -> stg.Stage:
+    return stg.Stage(name=name, mixture_or_task_name="bible_en_fr_tl", steps=steps, schedule=COSINE, **kw)
+
+
+def test_stage_with_zero_steps_is_refused():
+    with pytest.raises(ConfigError, match="at least 1 step"):
+        _stage("joint", steps=0)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "12"])
+def test_stage_names_must_be_directory_words(name):
+    with pytest.raises(ConfigError, match="Stage name"):
+        _stage(name)
+
+
+def test_keeping_optimizer_but_resetting_schedule_is_refused():
+    with pytest.raises(ConfigError, match="reset both"):
+        _stage("joint", reset_optimizer=False, reset_schedule=True)
+
+
+def test_plan_validation():
+    with pytest.raises(ConfigError, match="empty"):
+        stg.Plan(stages=[])
+    with pytest.raises(ConfigError, match=r"two stages named \['a'\]"):
+        stg.Plan(stages=[_stage("a"), _stage("a")])
+    plan = stg.Plan(stages=[_stage("a", 30), _stage("b", 70)])
+    assert plan.total_steps == 100 and plan.steps_before(1) == 30
+
+
+def test_every_stage_schedule_counts_its_own_steps():
+    plan = stg.Plan(stages=[_stage("pretrain", 100), _stage("joint", 50)])
+    first, second = stg.stage_schedule(plan, 0), stg.stage_schedule(plan, 1)
+    assert float(first(0)) == 0.0 and float(second(0)) == 0.0  # the switch warms up from 0 again
+    assert float(second(10)) == pytest.approx(1.0)
+    assert float(second(50)) == pytest.approx(0.0, abs=1e-6)  # decays to 0 at the stage's end
+    assert float(first(55)) == pytest.approx(0.5 * (1 + np.cos(np.pi * 45 / 90)), rel=1e-5)
+
+
+def test_schedule_without_reset_continues_the_previous_one():
+    plan = stg.Plan(stages=[_stage("a", 100), _stage("b", 50, reset_schedule=False)])
+    continued = stg.stage_schedule(plan, 1)
+    one_long = stg.schedules.make_schedule(COSINE, 150)
+    for step in (0, 7, 49):
+        assert float(continued(step)) == pytest.approx(float(one_long(step + 100)), rel=1e-6)
+
+
+def test_switch_state_has_the_params_and_a_fresh_optimizer_state():
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    tx = make_optimizer(OptimizerConfig(name="adam"), optax.constant_schedule(0.1))
+    trained = stg.switch_state(params, tx)
+    for _ in range(3):
+        grads = jax.tree.map(jnp.ones_like, trained.params)
+        trained = trained.apply_gradients(grads, tx)
+    switched = stg.switch_state(trained.params, tx)
+    assert int(switched.step) == 0
+    jax.tree.map(np.testing.assert_array_equal, switched.params, trained.params)
+    jax.tree.map(np.testing.assert_array_equal, switched.opt_state, tx.init(trained.params))
+    mu = switched.opt_state[0].mu if hasattr(switched.opt_state[0], "mu") else None
+    leaves = jax.tree.leaves(switched.opt_state)
+    assert all(float(jnp.abs(x).sum()) == 0 for x in leaves), mu
+
+
+def test_plan_eval_tasks_include_tasks_not_yet_trained():
+    plan = stg.Plan(stages=[
+        stg.Stage(name="pretrain", mixture_or_task_name="bible_translate_en_fr", steps=5),
+        stg.Stage(name="joint", mixture_or_task_name="bible_en_fr_tl", steps=5),
+    ])
+    assert stg.plan_eval_tasks(plan) == ["bible_translate_en_fr", "bible_translate_en_tl_low"]
