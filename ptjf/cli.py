@@ -114,7 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
     if rest:
-        raise PtjfError(f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE).")
+        raise PtjfError(
+            f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE)."
+        )
     summary = train.run(files, bindings)
     print(f"ptjf train: done at global step {summary.global_step}; results in {summary.model_dir}")
     return 0
@@ -132,7 +134,9 @@ def cmd_switch(args: argparse.Namespace) -> int:
     src, step = switch.switch(
         args.source, args.target, plan, stage=args.stage, checkpoint=checkpoints.CheckpointConfig()
     )
-    print(f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)")
+    print(
+        f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)"
+    )
     return 0
 
 
@@ -165,7 +169,9 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="PTJF vs scalarization on the embedded Bible data")
-    p.add_argument("--model_dir", default="runs/demo", help="where both runs go (default runs/demo)")
+    p.add_argument(
+        "--model_dir", default="runs/demo", help="where both runs go (default runs/demo)"
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long version (tests)")
     p.set_defaults(fn=cmd_demo)
 

@@ -38,17 +38,23 @@ def summarize(runs: Mapping[str, str]) -> list[dict]:
             continue
         final = records[-1]
         for task in final["validation"]:
-            losses = [(r["validation"][task]["loss"], r["global_step"]) for r in records if task in r["validation"]]
+            losses = [
+                (r["validation"][task]["loss"], r["global_step"])
+                for r in records
+                if task in r["validation"]
+            ]
             best, best_step = min(losses, key=lambda x: (math.isnan(x[0]), x[0]))
-            rows.append({
-                "method": method,
-                "task": task,
-                "best": best,
-                "best_step": best_step,
-                "final": final["validation"][task]["loss"],
-                "final_step": final["global_step"],
-                "examples_seen": final["examples_seen"].get(task, 0),
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "task": task,
+                    "best": best,
+                    "best_step": best_step,
+                    "final": final["validation"][task]["loss"],
+                    "final_step": final["global_step"],
+                    "examples_seen": final["examples_seen"].get(task, 0),
+                }
+            )
     return rows
 
 
@@ -77,5 +83,7 @@ def run_demo(model_dir: str = "runs/demo", *, quick: bool = False) -> list[dict]
     print(format_summary(rows))
     print()
     for method, path in runs.items():
-        print(f"{method}: metrics {path}/metrics.jsonl, TensorBoard {path}/tb, checkpoints {path}/<stage>/")
+        print(
+            f"{method}: metrics {path}/metrics.jsonl, TensorBoard {path}/tb, checkpoints {path}/<stage>/"
+        )
     return rows

@@ -157,7 +157,11 @@ def switch_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
 
 def carry_state(previous: TrainState, tx: optax.GradientTransformation) -> TrainState:
     """A stage that keeps the previous optimizer state (no reset): only the step restarts."""
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=previous.params, opt_state=previous.opt_state)
+    return TrainState(
+        step=jax.numpy.zeros((), jax.numpy.int32),
+        params=previous.params,
+        opt_state=previous.opt_state,
+    )
 
 
 def stage_tasks(stage: Stage) -> list[str]:

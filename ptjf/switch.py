@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-
 from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
@@ -36,7 +35,9 @@ def switch(
     names = [s.name for s in plan.stages]
     name = stage or names[-1]
     if name not in names:
-        raise ConfigError(f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME.")
+        raise ConfigError(
+            f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME."
+        )
     index = names.index(name)
     src_dir, src_step = ckpt.parse_checkpoint_path(source)
     steps = ckpt.finalized_steps(src_dir) if os.path.isdir(src_dir) else []

@@ -92,7 +92,7 @@ def test_default_method_is_the_mixtures_own(capsys):
     ],
 )
 def test_bad_input_is_one_clear_message(capsys, argv, message):
-    code, out, err = _run(capsys, *argv)
+    code, _, err = _run(capsys, *argv)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert err.startswith("ptjf rates: error: ")

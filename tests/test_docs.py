@@ -17,7 +17,7 @@ def test_registering_mixtures_examples_run(capsys):
     assert len(blocks) == 2
     namespace: dict = {}
     for block in blocks:
-        exec(compile(block, "registering-mixtures.md", "exec"), namespace)  # noqa: S102
+        exec(compile(block, "registering-mixtures.md", "exec"), namespace)
     out = capsys.readouterr().out
     rates = namespace["tasks"].mixture_rates("my_mixture")
     assert abs(sum(rates.values()) - 1) < 1e-9 and len(rates) == 3

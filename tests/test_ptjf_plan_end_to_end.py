@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import jax
@@ -49,7 +48,7 @@ def raw_opt_state(stage_dir, step):
     import orbax.checkpoint as ocp
 
     with ckpt.StageCheckpointer(stage_dir, read_only=True) as c:
-        return c._restore_items(step, {"opt_state": ocp.args.StandardRestore(None)})["opt_state"]  # noqa: SLF001
+        return c._restore_items(step, {"opt_state": ocp.args.StandardRestore(None)})["opt_state"]
 
 
 @pytest.fixture(scope="module")

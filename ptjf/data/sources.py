@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import seqio
-import tensorflow as tf
 
+from ptjf.data.tf_cpu import tensorflow_on_cpu
 from ptjf.errors import DataError
+
+tf = tensorflow_on_cpu()
 
 Example = dict[str, Any]
 LoadFn = Callable[[str], Sequence[Example]]

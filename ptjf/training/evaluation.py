@@ -43,8 +43,12 @@ class Evaluator:
         train_subset: Mapping[str, Batches],
     ):
         self._step = jax.jit(eval_step)
-        self._validation = {t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in validation.items()}
-        self._train = {t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in train_subset.items()}
+        self._validation = {
+            t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in validation.items()
+        }
+        self._train = {
+            t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in train_subset.items()
+        }
 
     @property
     def tasks(self) -> list[str]:

@@ -15,7 +15,6 @@ run without TensorBoard still has its training curves.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -179,18 +178,9 @@ class MetricsWriter:
 
 
 def _tensorflow_on_cpu():
-    """TensorFlow, imported late (it is heavy) and kept off the accelerators.
+    from ptjf.data.tf_cpu import tensorflow_on_cpu
 
-    TensorFlow reserves most of a GPU's memory the first time it touches one, which would take
-    it from JAX; the summaries need no accelerator.
-    """
-    import tensorflow as tf
-
-    for kind in ("GPU", "TPU"):
-        # RuntimeError: TensorFlow's devices are already initialised; ValueError: no such kind.
-        with contextlib.suppress(RuntimeError, ValueError):
-            tf.config.set_visible_devices([], kind)
-    return tf
+    return tensorflow_on_cpu()
 
 
 def _open_for_append(path: str) -> IO[str]:

@@ -129,6 +129,67 @@ def build_state(
     return state, meta, (prev_dir, prev.steps)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every stage of a run shares: the model, its eval data, writers and counters."""
+
+    model_dir: str
+    plan: stg.Plan
+    config: TransformerConfig
+    apply_fn: Any
+    evaluator: Evaluator
+    writer: MetricsWriter
+    options: dict[str, Any]
+    examples_seen: dict[str, int]
+    tokens_seen: dict[str, int]
+    last_eval: dict[str, Any] | None = None
+
+    def restore_counts(self, meta: Mapping[str, Any]) -> None:
+        self.examples_seen.update(meta.get("examples_seen", {}))
+        self.tokens_seen.update(meta.get("tokens_seen", {}))
+
+    def count(self, task_names: list[str], batch: Mapping[str, np.ndarray]) -> int:
+        """Adds a batch to the examples/tokens seen per task; returns its real tokens."""
+        examples, tokens = data.count_by_task(batch, len(task_names))
+        for t, e, k in zip(task_names, examples, tokens, strict=True):
+            self.examples_seen[t] = self.examples_seen.get(t, 0) + int(e)
+            self.tokens_seen[t] = self.tokens_seen.get(t, 0) + int(k)
+        return int(np.count_nonzero(batch["encoder_input_tokens"])) + int(tokens.sum())
+
+    def evaluate(
+        self, state: TrainState, index: int, step: int, train_scalars: dict | None
+    ) -> None:
+        stage = self.plan.stages[index]
+        record = {
+            "stage": stage.name,
+            "stage_index": index,
+            "stage_step": step,
+            "global_step": self.plan.steps_before(index) + step,
+            "time": time.time(),
+            "examples_seen": dict(self.examples_seen),
+            "tokens_seen": dict(self.tokens_seen),
+            **self.evaluator.evaluate(state.params),
+        }
+        if train_scalars:
+            record["train"] = train_scalars
+        self.writer.write_eval(record)
+        self.last_eval = record
+
+    def metadata(self, index: int, step: int, parent: tuple[str, int] | None) -> dict:
+        return ckpt.checkpoint_metadata(
+            stage_index=index,
+            stage_name=self.plan.stages[index].name,
+            global_step=self.plan.steps_before(index) + step,
+            parent=parent,
+            data_position={"batches": step},
+            examples_seen=self.examples_seen,
+            tokens_seen=self.tokens_seen,
+        )
+
+
+_DEFAULT_CHECKPOINT = ckpt.CheckpointConfig()
+
+
 @gin.configurable("train")
 def train(
     *,
@@ -147,126 +208,154 @@ def train(
     train_eval_examples: int = 512,
     eval_at_stage_start: bool = True,
     log_every: int = 50,
-    checkpoint: ckpt.CheckpointConfig = ckpt.CheckpointConfig(),
+    checkpoint: ckpt.CheckpointConfig = _DEFAULT_CHECKPOINT,
     tensorboard: bool = True,
 ) -> RunSummary:
-    """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages)."""
-    if eval_period < 1 or log_every < 1:
-        raise ConfigError(f"eval_period={eval_period} and log_every={log_every} must be >= 1.")
-    lengths = dict(task_feature_lengths)
+    """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
-    # --- set-up: model, eval data, writers ---------------------------------------------
-    vocab = plan_vocabulary(plan)
-    config = TransformerConfig(vocab_size=padded_vocab_size(vocab))
-    model = EncoderDecoder(config)
-    apply_fn = make_apply_fn(model)
+    eval_period / log_every: stage steps between evals / between host reads of the metrics.
+    max_eval_examples: cap on each task's validation examples (None = all).
+    train_eval_examples: size of the fixed training subset scored at each eval.
+    """
+    for name, value in (
+        ("eval_period", eval_period),
+        ("log_every", log_every),
+        ("batch_size", batch_size),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"train.{name}={value!r} must be an integer >= 1.")
+    lengths = data.check_lengths(task_feature_lengths)
+
+    # --- set-up: model, eval data, writers ----------------------------------------------
+    config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+    apply_fn = make_apply_fn(EncoderDecoder(config))
     eval_tasks = stg.plan_eval_tasks(plan)
     eval_bs = eval_batch_size or batch_size
     evaluator = Evaluator(
         steps.make_eval_step(apply_fn, num_tasks=1),
-        {t: data.eval_batches(t, "validation", lengths, eval_bs, max_examples=max_eval_examples) for t in eval_tasks},
-        {t: data.eval_batches(t, "train", lengths, eval_bs, max_examples=train_eval_examples) for t in eval_tasks},
+        {
+            t: data.eval_batches(t, "validation", lengths, eval_bs, max_examples=max_eval_examples)
+            for t in eval_tasks
+        },
+        {
+            t: data.eval_batches(t, "train", lengths, eval_bs, max_examples=train_eval_examples)
+            for t in eval_tasks
+        },
     )
     writer = MetricsWriter(model_dir, tensorboard=tensorboard)
     # The run's whole configuration beside its results, as T5X keeps config.gin.
     with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
         f.write(gin.config_str())
-    examples_seen = dict.fromkeys(eval_tasks, 0)
-    tokens_seen = dict.fromkeys(eval_tasks, 0)
-    last_eval = None
-    global_step = 0
+    run = _Run(
+        model_dir=model_dir,
+        plan=plan,
+        config=config,
+        apply_fn=apply_fn,
+        evaluator=evaluator,
+        writer=writer,
+        options=dict(
+            lengths=lengths,
+            batch_size=batch_size,
+            seed=seed,
+            pack=pack,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            num_microbatches=num_microbatches,
+            eval_period=eval_period,
+            eval_at_stage_start=eval_at_stage_start,
+            log_every=log_every,
+            checkpoint=checkpoint,
+        ),
+        examples_seen=dict.fromkeys(eval_tasks, 0),
+        tokens_seen=dict.fromkeys(eval_tasks, 0),
+    )
 
-    # Resume: the latest stage that has a checkpoint is where the run continues; every stage
-    # before it is done (a `ptjf switch` checkpoint at step 0 also starts its stage).
+    # --- the stages, resuming where the latest checkpoint is ----------------------------
+    # Every stage before the latest one with a checkpoint is done (a `ptjf switch`
+    # checkpoint at step 0 also starts its stage).
     latest = ckpt.find_latest(model_dir, [s.name for s in plan.stages])
     resume_index = latest[0] if latest else 0
-    for index, stage in enumerate(plan.stages):
-        stage_dir = os.path.join(model_dir, stage.name)
-        done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
-        if index < resume_index or (done and done[-1] >= stage.steps):
-            if done:
-                with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
-                    meta = c.read_metadata(done[-1])
-                examples_seen.update(meta.get("examples_seen", {}))
-                tokens_seen.update(meta.get("tokens_seen", {}))
-            global_step = plan.steps_before(index + 1)
-            log.info("stage %s already complete; skipping", stage.name)
-            continue
+    try:
+        for index, stage in enumerate(plan.stages):
+            stage_dir = os.path.join(model_dir, stage.name)
+            done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+            if index < resume_index or (done and done[-1] >= stage.steps):
+                if done:
+                    with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+                        run.restore_counts(c.read_metadata(done[-1]))
+                log.info("stage %s is complete; skipping it", stage.name)
+                continue
+            _train_stage(run, index)
+    finally:
+        writer.close()
+    return RunSummary(model_dir=model_dir, global_step=plan.total_steps, last_eval=run.last_eval)
 
-        # --- the stage's optimizer, state (fresh / resumed / switched) and data -------------
-        tx, schedule = stg.make_tx(plan, index)
-        state, meta, parent = build_state(plan, index, model_dir, config, checkpoint, seed, tx)
-        # One placement for fresh, restored and switched states alike, so that the step's
-        # outputs match its inputs and it compiles once per stage.
-        state = jax.device_put(state, jax.devices()[0])
-        examples_seen.update(meta.get("examples_seen", {}))
-        tokens_seen.update(meta.get("tokens_seen", {}))
-        start = int(state.step)
-        dataset = data.DatasetConfig(
-            mixture_or_task_name=stage.mixture_or_task_name,
-            task_feature_lengths=lengths,
-            batch_size=batch_size,
-            seed=seed + 1000 * index,
-            pack=pack,
-            rates=stage.rates,
-        )
-        task_names = data.mixture_task_names(dataset)
-        batches = data.train_batches(dataset, start_batch=start)
-        step_fn = jax.jit(
-            steps.make_train_step(
-                apply_fn, tx, label_smoothing=label_smoothing, z_loss=z_loss,
-                num_microbatches=num_microbatches, schedule=schedule,
-            ),
-            donate_argnums=(0,),
-        )
-        dropout_rng = jax.random.fold_in(jax.random.key(seed + 1), index)
-        checkpointer = ckpt.StageCheckpointer(stage_dir, checkpoint)
-        base_step = plan.steps_before(index)
-        log.info("stage %d/%d %r: %s, steps %d..%d", index + 1, len(plan.stages), stage.name,
-                 stage.mixture_or_task_name, start, stage.steps)
 
-        def metadata(step: int, _index=index, _stage=stage, _parent=parent) -> dict:
-            return ckpt.checkpoint_metadata(
-                stage_index=_index, stage_name=_stage.name, global_step=base_step + step,
-                parent=_parent, data_position={"batches": step},
-                examples_seen=examples_seen, tokens_seen=tokens_seen,
-            )
+def _train_stage(run: _Run, index: int) -> None:
+    """One stage: its optimizer and state (fresh, resumed or switched), data, loop, evals."""
+    opt = run.options
+    stage = run.plan.stages[index]
+    stage_dir = os.path.join(run.model_dir, stage.name)
+    tx, schedule = stg.make_tx(run.plan, index)
+    state, meta, parent = build_state(
+        run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx
+    )
+    # One placement for fresh, restored and switched states alike, so that the step's
+    # outputs match its inputs and it compiles once per stage.
+    state = jax.device_put(state, jax.devices()[0])
+    run.restore_counts(meta)
+    start = int(state.step)
+    dataset = data.DatasetConfig(
+        mixture_or_task_name=stage.mixture_or_task_name,
+        task_feature_lengths=opt["lengths"],
+        batch_size=opt["batch_size"],
+        seed=opt["seed"] + 1000 * index,
+        pack=opt["pack"],
+        rates=stage.rates,
+    )
+    task_names = data.mixture_task_names(dataset)
+    batches = data.train_batches(dataset, start_batch=start)
+    step_fn = jax.jit(
+        steps.make_train_step(
+            run.apply_fn,
+            tx,
+            label_smoothing=opt["label_smoothing"],
+            z_loss=opt["z_loss"],
+            num_microbatches=opt["num_microbatches"],
+            schedule=schedule,
+        ),
+        donate_argnums=(0,),
+    )
+    dropout_rng = jax.random.fold_in(jax.random.key(opt["seed"] + 1), index)
+    checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
+    base_step = run.plan.steps_before(index)
+    log.info(
+        "stage %d/%d %r on %s: steps %d..%d",
+        index + 1,
+        len(run.plan.stages),
+        stage.name,
+        stage.mixture_or_task_name,
+        start,
+        stage.steps,
+    )
+    if start == 0:
+        checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
+        if opt["eval_at_stage_start"]:
+            run.evaluate(state, index, 0, None)
 
-        def run_eval(step: int, train_scalars: dict | None, _stage=stage, _index=index) -> dict:
-            record = {
-                "stage": _stage.name, "stage_index": _index, "stage_step": step,
-                "global_step": base_step + step, "time": time.time(),
-                "examples_seen": dict(examples_seen), "tokens_seen": dict(tokens_seen),
-                **evaluator.evaluate(state.params),
-            }
-            if train_scalars:
-                record["train"] = train_scalars
-            writer.write_eval(record)
-            return record
-
-        if start == 0:
-            checkpointer.save(0, state, metadata(0), force=True)
-            if eval_at_stage_start:
-                last_eval = run_eval(0, None)
-
-        # --- the step loop ------------------------------------------------------------
-        progress = ProgressDisplay(stage.steps, stage_name=stage.name)
-        nonfinite = jnp.zeros((), jnp.int32)
-        window_tokens, window_start, metrics = 0, time.perf_counter(), None
+    progress = ProgressDisplay(stage.steps, stage_name=stage.name)
+    nonfinite = jnp.zeros((), jnp.int32)
+    window_tokens, window_start = 0, time.perf_counter()
+    try:
         for step in range(start + 1, stage.steps + 1):
             batch = next(batches)
-            ex, tok = data.count_by_task(batch, len(task_names))
-            for t, e, k in zip(task_names, ex, tok, strict=True):
-                examples_seen[t] = examples_seen.get(t, 0) + int(e)
-                tokens_seen[t] = tokens_seen.get(t, 0) + int(k)
-            window_tokens += int(np.count_nonzero(batch["encoder_input_tokens"])) + int(tok.sum())
+            window_tokens += run.count(task_names, batch)
             state, metrics = step_fn(state, model_features(batch), dropout_rng)
-            nonfinite = nonfinite + metrics["nonfinite"]
+            nonfinite = nonfinite + metrics["nonfinite"]  # stays on the device
 
-            is_eval = step % eval_period == 0 or step == stage.steps
-            if step % log_every == 0 or is_eval:
+            is_eval = step % opt["eval_period"] == 0 or step == stage.steps
+            if step % opt["log_every"] == 0 or is_eval:
                 if int(nonfinite):
-                    checkpointer.close()
                     raise TrainingError(
                         f"Stage {stage.name!r}: the loss became NaN or infinite by stage step "
                         f"{step} (global {base_step + step}); the stage is stopped and those "
@@ -275,18 +364,17 @@ def train(
                         "learning rate, add warmup or gradient clipping, or check the data."
                     )
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                elapsed = time.perf_counter() - window_start
-                scalars["tokens_per_sec"] = window_tokens / max(elapsed, 1e-9)
-                writer.write_train(base_step + step, scalars)
+                scalars["tokens_per_sec"] = window_tokens / max(
+                    time.perf_counter() - window_start, 1e-9
+                )
+                run.writer.write_train(base_step + step, scalars)
                 progress.update(step, scalars["loss"], scalars["tokens_per_sec"])
                 window_tokens, window_start = 0, time.perf_counter()
                 if is_eval:
-                    last_eval = run_eval(step, scalars)
-            checkpointer.save(step, state, metadata(step), force=step == stage.steps)
+                    run.evaluate(state, index, step, scalars)
+            checkpointer.save(
+                step, state, run.metadata(index, step, parent), force=step == stage.steps
+            )
+    finally:
         progress.close()
-        checkpointer.wait()
         checkpointer.close()
-        global_step = base_step + stage.steps
-
-    writer.close()
-    return RunSummary(model_dir=model_dir, global_step=global_step, last_eval=last_eval)

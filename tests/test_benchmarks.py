@@ -1,0 +1,83 @@
+"""Smoke test of `benchmarks/train_throughput.py`: a `--quick` run of the tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+import statistics
+
+import jax
+import pytest
+
+from ptjf import flops
+from ptjf.errors import ConfigError
+from ptjf.models import count_params, preset
+
+_SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", _SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_sane_json(bench, tmp_path):
+    out = tmp_path / "results" / "throughput.json"
+    returned = bench.main(["--quick", "--models", "tiny", "--steps", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report == json.loads(json.dumps(returned))
+
+    env = report["environment"]
+    assert env["jax"] == jax.__version__
+    assert env["backend"] == jax.default_backend()
+    assert env["cpu_count"] >= 1
+    args = report["arguments"]
+    assert (args["batch_size"], args["input_length"], args["target_length"]) == (4, 16, 16)
+    assert (args["vocab_size"], args["steps"]) == (512, 2)
+
+    tiny = report["models"]["tiny"]
+    config = preset("tiny", 512)
+    assert tiny["params"] == tiny["params_analytic"] == count_params(config) == 82_560
+    assert tiny["train_step_compilations"] == 1
+    assert tiny["jit_cache_size"] == 1
+
+    times = tiny["step_times_s"]
+    assert len(times) == 2 and min(times) > 0
+    step = tiny["step_time_s"]["median"]
+    assert step == statistics.median(times)
+    assert tiny["tokens_per_s"] == pytest.approx(4 * (16 + 16) / step)
+    assert tiny["model_flops_per_step"] == flops.model_flops_per_step(config, 4, 16, 16)
+    # XLA counts the elementwise work and Adam too, so it is above the matmul-only figure.
+    assert tiny["xla_flops_per_step"] > tiny["model_flops_per_step"]
+
+    matmul = report["matmul_peak"]
+    assert matmul["flops_per_s"] == pytest.approx(2 * matmul["size"] ** 3 / matmul["seconds"])
+    assert tiny["utilisation"] == pytest.approx(
+        tiny["model_flops_per_step"] / step / matmul["flops_per_s"]
+    )
+    assert 0 < tiny["utilisation"] < 1.5
+
+    assert tiny["compile_s"] > 0 and tiny["lower_s"] > 0 and tiny["trace_s"] > 0
+    assert tiny["first_step_s"] > tiny["compile_s"]
+    assert tiny["launch_to_first_step_s"] > tiny["first_step_s"]
+    assert tiny["peak_rss_bytes"] > 100 * 2**20  # jax and XLA alone take more than this
+    # A freshly initialised model predicts about uniformly: loss near ln(vocab) = 6.2 nats.
+    assert math.log(512) / 2 < tiny["final_loss"] < 2 * math.log(512)
+
+
+def test_untied_flag_gives_reference_parameter_count(bench):
+    # The reference 3+3-layer model: untied output layer, 32k vocabulary, 54.8M parameters.
+    untied = bench.model_config("nmt_3layer", 32000, "float32", untied=True)
+    tied = bench.model_config("nmt_3layer", 32000, "float32", untied=False)
+    assert count_params(untied) == 54_798_336
+    assert count_params(untied) - count_params(tied) == 32000 * 512
+
+
+def test_unknown_model_is_rejected_with_the_known_names(bench):
+    with pytest.raises(ConfigError, match=r"nmt_3layr.*nmt_3layer"):
+        bench.parse_args(["--models", "nmt_3layr"])
