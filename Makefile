@@ -19,7 +19,7 @@ $(STAMP): $(PY) setup.py pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ptjf rates --mixture bible_en_fr_tl --method temperature --tau 3.33 --examples 64000
+	$(VENV)/bin/ptjf demo
 
 test: $(STAMP)
 	$(PY) -m ruff check ptjf tasks tests benchmarks launch

@@ -14,11 +14,11 @@ setup(
     python_requires=">=3.11",
     # `tasks/` lives at the top level of the checkout (data registrations are not library
     # code) but is imported as `ptjf.tasks`.
-    packages=find_packages(include=["ptjf", "ptjf.*"]) + ["ptjf.tasks"],
-    package_dir={"ptjf": "ptjf", "ptjf.tasks": "tasks"},
-    # gin files ship inside the wheel so `--gin_file=runs/ptjf.gin` resolves when installed.
-    data_files=[],
-    include_package_data=True,
+    packages=find_packages(include=["ptjf", "ptjf.*"]) + ["ptjf.tasks", "ptjf.gin_configs"],
+    package_dir={"ptjf": "ptjf", "ptjf.tasks": "tasks", "ptjf.gin_configs": "gin_configs"},
+    # gin files ship inside the wheel (as ptjf/gin_configs) so `--gin_file=runs/ptjf.gin`
+    # resolves from an installed ptjf as it does from a checkout.
+    package_data={"ptjf.gin_configs": ["*.gin", "*/*.gin"]},
     install_requires=[
         "jax>=0.6,<0.13",
         "flax>=0.10,<0.13",

@@ -80,11 +80,6 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     }
 
 
-def _select(pred: jax.Array, new, old):
-    """`new` where the scalar `pred` holds, else `old`, leaf by leaf."""
-    return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
-
-
 def make_train_step(
     apply_fn: ApplyFn,
     tx: optax.GradientTransformation,
@@ -161,10 +156,13 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        updated = state.apply_gradients(grads, tx)
-        new_state = updated.replace(
-            params=_select(finite, updated.params, state.params),
-            opt_state=_select(finite, updated.opt_state, state.opt_state),
+        # A branch rather than a per-leaf select: XLA can then update the donated parameters
+        # and optimizer state in place instead of keeping both versions alive.
+        new_state = jax.lax.cond(
+            finite,
+            lambda s: s.apply_gradients(grads, tx),
+            lambda s: s.replace(step=s.step + 1),
+            state,
         )
         metrics = {
             "loss": loss,
