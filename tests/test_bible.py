@@ -99,12 +99,12 @@ def _mixture_shares(name: str, draws: int, vocab) -> collections.Counter:
     mix = seqio.get_mixture_or_task(name)
     ds = mix.get_dataset(LENGTHS, split="train", shuffle=True, seed=7, num_epochs=None)
     prefixes = {
-        t.name: bible.reg.prep.translation_prefix(*bible.reg.task_info(t.name).languages)[:24]
+        t.name: bible.reg.prep.translation_prefix(*bible.reg.task_info(t.name).languages).strip()
         for t in mix.tasks
     }
     counts: collections.Counter = collections.Counter()
     for ex in ds.take(draws).as_numpy_iterator():
-        head = vocab.decode(ex["inputs"][:12].tolist())
+        head = vocab.decode(ex["inputs"].tolist())
         owners = [t for t, p in prefixes.items() if head.startswith(p)]
         assert len(owners) == 1, head
         counts[owners[0]] += 1

@@ -99,3 +99,17 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PTJF_DATA_DIR", str(blocker / "sub"))
     with pytest.raises(DataError, match="PTJF_DATA_DIR"):
         V.ensure_model(V.VocabularySpec(name="x", vocab_size=60), lambda: CORPUS)
+
+
+def _build_sampled(cache: str) -> bytes:
+    os.environ["PTJF_DATA_DIR"] = cache
+    spec = V.VocabularySpec(name="det", vocab_size=60, max_sentences=150)
+    return V.ensure_model(spec, lambda: CORPUS).read_bytes()
+
+
+def test_same_corpus_gives_the_same_model_in_every_process(tmp_path):
+    # The corpus (400 lines) is larger than max_sentences, so the build samples it.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        a, b = pool.map(_build_sampled, [str(tmp_path / "a"), str(tmp_path / "b")])
+    assert a == b

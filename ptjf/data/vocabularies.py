@@ -23,12 +23,15 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 import seqio
 
 from ptjf.errors import DataError
 
 CorpusFn = Callable[[], Iterable[str]]
+# Bumped whenever the way a model is built changes, so that older cached files are not reused.
+_BUILD_VERSION = 2
 FingerprintFn = Callable[[], str]
 
 
@@ -65,7 +68,11 @@ class VocabularySpec:
             raise DataError(f"VocabularySpec.extra_ids={self.extra_ids} must be >= 0.")
 
     def key(self, fingerprint: str = "") -> str:
-        fields = dataclasses.asdict(self) | {"fingerprint": fingerprint, "spm": spm.__version__}
+        fields = dataclasses.asdict(self) | {
+            "fingerprint": fingerprint,
+            "spm": spm.__version__,
+            "build": _BUILD_VERSION,
+        }
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     def model_path(self, fingerprint: str = "") -> Path:
@@ -80,10 +87,14 @@ def train_sentencepiece(spec: VocabularySpec, corpus: Iterable[str]) -> bytes:
             f"The corpus for vocabulary {spec.name!r} is empty; the task's training split has "
             "no text to build a vocabulary from."
         )
+    if len(sentences) > spec.max_sentences:
+        # Sample here rather than with SentencePiece's input_sentence_size, whose sampling is
+        # seeded per process: the same corpus must always give the same model.
+        keep = np.random.default_rng(spec.seed).choice(
+            len(sentences), spec.max_sentences, replace=False
+        )
+        sentences = [sentences[i] for i in np.sort(keep)]
     model = io.BytesIO()
-    # Input sampling and shuffling draw from SentencePiece's global generator: seed it so the
-    # same corpus always gives the same model.
-    spm.set_random_generator_seed(spec.seed)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),
@@ -91,8 +102,8 @@ def train_sentencepiece(spec: VocabularySpec, corpus: Iterable[str]) -> bytes:
             vocab_size=spec.vocab_size,
             model_type=spec.model_type,
             character_coverage=spec.character_coverage,
-            input_sentence_size=spec.max_sentences,
-            shuffle_input_sentence=True,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
             pad_id=0,
             eos_id=1,
             unk_id=2,
