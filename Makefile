@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ptjf-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,6 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check ptjf tasks tests benchmarks launch
 	$(PY) -m pytest -q $(PYTEST_ARGS)
-
-# The long form of the checks that `make test` runs cheaply.
-test-slow: $(STAMP)
-	PTJF_SLOW=1 $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check ptjf tasks tests benchmarks launch

@@ -109,7 +109,9 @@ def _gin_files_under(directory: str, max_depth: int = 3, limit: int = 2000) -> I
     for root, dirs, files in os.walk(directory):
         if root.count(os.sep) - root_depth >= max_depth:
             dirs[:] = []
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__")]
+        dirs[:] = [
+            d for d in dirs if not d.startswith(".") and d not in ("node_modules", "__pycache__")
+        ]
         for f in files:
             if f.endswith(".gin"):
                 count += 1
@@ -179,7 +181,9 @@ def _is_gin_value(value: str) -> bool:
         return False
     try:
         # skip_unknown: configurables named by references may not be imported yet.
-        parser = config_parser.ConfigParser(f"X = {value}", gin_internals.ParserDelegate(skip_unknown=True))
+        parser = config_parser.ConfigParser(
+            f"X = {value}", gin_internals.ParserDelegate(skip_unknown=True)
+        )
         return len(list(parser)) == 1
     except SyntaxError:
         return False
@@ -190,7 +194,9 @@ def _is_gin_value(value: str) -> bool:
 # --- parsing --------------------------------------------------------------------------------
 
 
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str], *, finalize: bool = True) -> None:
+def parse_gin(
+    gin_files: Sequence[str], gin_bindings: Sequence[str], *, finalize: bool = True
+) -> None:
     """Replaces gin's bindings with those of `gin_files`, then `gin_bindings` (later wins).
 
     Registered configurables stay (ptjf registers them at import); only bindings are cleared,
@@ -258,7 +264,9 @@ def _translate(e: Exception, source: str | None, file: str | None = None) -> Con
         detail = lines[-1] if lines else "invalid syntax"
         shown = f"\n    {e.text.rstrip()}" if e.text else ""
         if source:
-            return ConfigError(f"Gin syntax error in {source}: {detail}{shown}\n  Quote strings: --gin.NAME=\"'value'\".")
+            return ConfigError(
+                f"Gin syntax error in {source}: {detail}{shown}\n  Quote strings: --gin.NAME=\"'value'\"."
+            )
         filename = os.path.abspath(e.filename) if e.filename else "<gin>"
         return ConfigError(f"{filename}:{e.lineno}: gin syntax error: {detail}{shown}")
 
@@ -270,12 +278,18 @@ def _translate(e: Exception, source: str | None, file: str | None = None) -> Con
             return ConfigError(f"Gin syntax error in the file included at {where}: {detail}.")
         return ConfigError(f"{file or '<gin>'}: gin syntax error: {detail}.")
 
-    m = re.match(r"Configurable '(?P<conf>[^']+)' doesn't have a parameter named '(?P<param>[^']+)'", message)
+    m = re.match(
+        r"Configurable '(?P<conf>[^']+)' doesn't have a parameter named '(?P<param>[^']+)'", message
+    )
     if m:
         conf, param = m["conf"], m["param"]
         params = _parameters_of(conf)
         close = difflib.get_close_matches(param, params, n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(close)}." if close else f"its parameters: {', '.join(params) or 'none'}."
+        hint = (
+            f"closest: {', '.join(close)}."
+            if close
+            else f"its parameters: {', '.join(params) or 'none'}."
+        )
         return ConfigError(
             f"Unknown gin binding '{conf}.{param}'{at}: {conf} has no parameter '{param}'; {hint}"
         )

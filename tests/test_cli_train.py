@@ -13,7 +13,11 @@ from ptjf import cli
         ([], "No --gin_file given"),
         (["--gin_file=runs/ptjf_typo.gin"], "Gin file 'runs/ptjf_typo.gin' not found"),
         (
-            ["--gin_file=runs/ptjf.gin", "--gin_file=models/tiny.gin", "--gin.TransformerConfig.emd_dim=3"],
+            [
+                "--gin_file=runs/ptjf.gin",
+                "--gin_file=models/tiny.gin",
+                "--gin.TransformerConfig.emd_dim=3",
+            ],
             "emb_dim",
         ),
         (["--gin_file=runs/ptjf.gin", "--gin_file=models/tiny.gin"], "MODEL_DIR"),

@@ -53,7 +53,9 @@ def test_search_paths_are_checkout_then_cwd_then_env_without_missing_dirs(tmp_pa
     for d in (a, b, cwd):
         d.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv("PTJF_GIN_PATH", os.pathsep.join([str(a), str(tmp_path / "missing"), str(b), str(a)]))
+    monkeypatch.setenv(
+        "PTJF_GIN_PATH", os.pathsep.join([str(a), str(tmp_path / "missing"), str(b), str(a)])
+    )
     # No ptjf/gin_configs in a checkout: that entry is left out.
     assert gin_config.gin_search_paths() == [str(CHECKOUT_GIN), str(cwd), str(a), str(b)]
 
@@ -92,7 +94,11 @@ def test_missing_file_suggests_the_same_name_in_another_folder(gin_dir):
 
 
 def test_files_then_flags_later_wins_and_reparsing_replaces(gin_dir):
-    write(gin_dir / "mine", "a.gin", "PtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_heads = 4\n")
+    write(
+        gin_dir / "mine",
+        "a.gin",
+        "PtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_heads = 4\n",
+    )
     gin_config.parse_gin(["mine/a"], ["PtjfConfigTestModel.num_heads = 5"])
     assert configured() == {"emb_dim": 3, "num_heads": 5, "name": "none", "flag": None}
     gin_config.parse_gin([], ["PtjfConfigTestModel.name = 'b'"])  # no leftovers from the first
@@ -101,13 +107,19 @@ def test_files_then_flags_later_wins_and_reparsing_replaces(gin_dir):
 
 def test_include_is_found_on_the_search_path(gin_dir):
     write(gin_dir / "mine", "base.gin", "PtjfConfigTestModel.emb_dim = 7\n")
-    write(gin_dir / "mine", "top.gin", "include 'mine/base.gin'\nPtjfConfigTestModel.num_heads = 1\n")
+    write(
+        gin_dir / "mine", "top.gin", "include 'mine/base.gin'\nPtjfConfigTestModel.num_heads = 1\n"
+    )
     gin_config.parse_gin(["mine/top.gin"], [])
     assert configured()["emb_dim"] == 7 and configured()["num_heads"] == 1
 
 
 def test_syntax_error_reports_file_and_line(gin_dir):
-    path = write(gin_dir / "mine", "bad.gin", "# a comment\nPtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_heads = 3 4\n")
+    path = write(
+        gin_dir / "mine",
+        "bad.gin",
+        "# a comment\nPtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_heads = 3 4\n",
+    )
     with pytest.raises(ConfigError) as e:
         gin_config.parse_gin(["mine/bad.gin"], [])
     msg = str(e.value)
@@ -123,7 +135,9 @@ def test_unclosed_bracket_in_a_file_or_flag_is_a_syntax_error(gin_dir):
         f"{path}: gin syntax error: the input ends inside an unclosed bracket, parenthesis or string."
     )
     _, bindings, _ = gin_config.flags_to_gin(["--gin.PtjfConfigTestModel.flag=[1,"])
-    with pytest.raises(ConfigError, match=r"^Gin syntax error in --gin\.PtjfConfigTestModel\.flag: "):
+    with pytest.raises(
+        ConfigError, match=r"^Gin syntax error in --gin\.PtjfConfigTestModel\.flag: "
+    ):
         gin_config.parse_gin([], bindings)
 
 
@@ -137,7 +151,11 @@ def test_import_of_a_missing_module_names_the_line(gin_dir):
 
 
 def test_unknown_parameter_in_a_file_names_file_line_and_closest(gin_dir):
-    path = write(gin_dir / "mine", "typo.gin", "PtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_haeds = 3\n")
+    path = write(
+        gin_dir / "mine",
+        "typo.gin",
+        "PtjfConfigTestModel.emb_dim = 3\nPtjfConfigTestModel.num_haeds = 3\n",
+    )
     with pytest.raises(ConfigError) as e:
         gin_config.parse_gin(["mine/typo"], [])
     assert str(e.value) == (
@@ -174,13 +192,19 @@ def test_unknown_configurable_from_file_and_flag_names_closest(gin_dir):
     msg = str(e.value)
     assert msg.startswith(f"Unknown gin configurable 'PtjfConfigTestModle' ({path}:1)")
     assert "Closest registered: PtjfConfigTestModel" in msg
-    with pytest.raises(ConfigError, match=r"'PtjfConfigTestModle' \(--gin\.PtjfConfigTestModle\.emb_dim\).*Closest registered: PtjfConfigTestModel"):
+    with pytest.raises(
+        ConfigError,
+        match=r"'PtjfConfigTestModle' \(--gin\.PtjfConfigTestModle\.emb_dim\).*Closest registered: PtjfConfigTestModel",
+    ):
         gin_config.parse_gin([], ["PtjfConfigTestModle.emb_dim = 3"])
 
 
 def test_unknown_reference_names_closest(gin_dir):
     write(gin_dir / "mine", "r.gin", "PtjfConfigTestModel.flag = @PtjfConfigTestMode()\n")
-    with pytest.raises(ConfigError, match=r"Unknown gin configurable 'PtjfConfigTestMode'.*Closest registered: PtjfConfigTestModel"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Unknown gin configurable 'PtjfConfigTestMode'.*Closest registered: PtjfConfigTestModel",
+    ):
         gin_config.parse_gin(["mine/r"], [])
 
 
@@ -198,8 +222,14 @@ def test_undefined_macro_names_it_its_user_and_the_flag(gin_dir):
 
 
 def test_required_macro_left_unset_says_which_flag_to_pass(gin_dir):
-    write(gin_dir / "mine", "req.gin", "RUN_NAME = %gin.REQUIRED\nPtjfConfigTestModel.name = %RUN_NAME\n")
-    with pytest.raises(ConfigError, match=r"^Gin macro RUN_NAME is required .*Pass --gin\.RUN_NAME=VALUE"):
+    write(
+        gin_dir / "mine",
+        "req.gin",
+        "RUN_NAME = %gin.REQUIRED\nPtjfConfigTestModel.name = %RUN_NAME\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"^Gin macro RUN_NAME is required .*Pass --gin\.RUN_NAME=VALUE"
+    ):
         gin_config.parse_gin(["mine/req"], [])
 
 
@@ -207,7 +237,9 @@ def test_missing_include_names_the_including_line(gin_dir):
     top = write(gin_dir / "mine", "inc.gin", "include 'mine/nothere.gin'\n")
     with pytest.raises(ConfigError) as e:
         gin_config.parse_gin(["mine/inc"], [])
-    assert str(e.value).startswith(f"{top}:1: include failed. Gin file 'mine/nothere.gin' not found.")
+    assert str(e.value).startswith(
+        f"{top}:1: include failed. Gin file 'mine/nothere.gin' not found."
+    )
 
 
 def test_missing_top_level_file_is_a_config_error(gin_dir):
@@ -221,9 +253,11 @@ def test_missing_top_level_file_is_a_config_error(gin_dir):
 def test_flags_to_gin_on_a_t5x_command_line():
     argv = [
         "--gin_file=runs/ptjf.gin",
-        "--gin_file", "models/tiny.gin",
+        "--gin_file",
+        "models/tiny.gin",
         "--gin.MODEL_DIR=\"'/tmp/run'\"".replace('"', ""),  # the shell strips the outer quotes
-        "--gin.BATCH_SIZE", "32",
+        "--gin.BATCH_SIZE",
+        "32",
         "--gin.MIXTURE_RATES={'a': 0.7, 'b': 0.3}",
         "--gin.pretrain/Stage.optimizer=@OptimizerConfig()",
         "--gin.FINETUNE_LEARNING_RATE=%LEARNING_RATE",
@@ -243,16 +277,18 @@ def test_flags_to_gin_on_a_t5x_command_line():
 
 
 def test_bare_values_are_quoted_and_gin_literals_are_not():
-    _, bindings, _ = gin_config.flags_to_gin([
-        "--gin.MODEL_DIR=/tmp/x y",
-        "--gin.TASK=bible_en_fr_tl",
-        "--gin.BUCKET=gs://b/run",
-        "--gin.VERSION=1.5.3",
-        "--gin.N=64",
-        "--gin.LR=5e-4",
-        "--gin.FLAG=True",
-        "--gin.NOTHING=None",
-    ])
+    _, bindings, _ = gin_config.flags_to_gin(
+        [
+            "--gin.MODEL_DIR=/tmp/x y",
+            "--gin.TASK=bible_en_fr_tl",
+            "--gin.BUCKET=gs://b/run",
+            "--gin.VERSION=1.5.3",
+            "--gin.N=64",
+            "--gin.LR=5e-4",
+            "--gin.FLAG=True",
+            "--gin.NOTHING=None",
+        ]
+    )
     assert bindings == [
         "MODEL_DIR = '/tmp/x y'",
         "TASK = 'bible_en_fr_tl'",
@@ -266,8 +302,14 @@ def test_bare_values_are_quoted_and_gin_literals_are_not():
 
 
 def test_an_auto_quoted_path_reaches_the_configurable(gin_dir):
-    write(gin_dir / "mine", "p.gin", "MODEL_DIR = %gin.REQUIRED\nPtjfConfigTestModel.name = %MODEL_DIR\n")
-    files, bindings, _ = gin_config.flags_to_gin(["--gin_file=mine/p", "--gin.MODEL_DIR=/tmp/my run", "--gin.PtjfConfigTestModel.emb_dim=16"])
+    write(
+        gin_dir / "mine",
+        "p.gin",
+        "MODEL_DIR = %gin.REQUIRED\nPtjfConfigTestModel.name = %MODEL_DIR\n",
+    )
+    files, bindings, _ = gin_config.flags_to_gin(
+        ["--gin_file=mine/p", "--gin.MODEL_DIR=/tmp/my run", "--gin.PtjfConfigTestModel.emb_dim=16"]
+    )
     gin_config.parse_gin(files, bindings)
     assert configured() == {"emb_dim": 16, "num_heads": 2, "name": "/tmp/my run", "flag": None}
 

@@ -29,7 +29,11 @@ def test_quick_demo_trains_both_methods_and_prints_the_table(tmp_path, capsys, b
         assert r["best"] == min(x["validation"][r["task"]]["loss"] for x in records)
     # Static sampling shows En→Tl from step 1; PTJF only after the switch (3 of 6 steps).
     seen = {(r["method"], r["task"]): r["examples_seen"] for r in rows}
-    assert seen[("scalarization", "bible_translate_en_tl_low")] > seen[("ptjf", "bible_translate_en_tl_low")] > 0
+    assert (
+        seen[("scalarization", "bible_translate_en_tl_low")]
+        > seen[("ptjf", "bible_translate_en_tl_low")]
+        > 0
+    )
     assert format_summary(rows).splitlines()[2].split()[0] == "ptjf"
     assert format_summary(rows) in out
     # A rerun trains nothing more and prints the same table.

@@ -51,8 +51,9 @@ def test_smoothed_loss_matches_numpy(data, ls):
 def test_no_smoothing_is_plain_softmax_cross_entropy(data):
     logits, targets, _ = data
     per_token = losses.token_losses(jnp.asarray(logits), jnp.asarray(targets))
-    expected = -np.take_along_axis(_np_log_softmax(logits.astype(np.float64)),
-                                   targets[..., None], -1)[..., 0]
+    expected = -np.take_along_axis(
+        _np_log_softmax(logits.astype(np.float64)), targets[..., None], -1
+    )[..., 0]
     np.testing.assert_allclose(per_token.loss, expected, rtol=1e-5)
     np.testing.assert_allclose(per_token.cross_entropy, expected, rtol=1e-5)
 
@@ -108,8 +109,12 @@ def test_z_loss_value(data):
     log_z = np.log(np.exp(logits.astype(np.float64)).sum(-1))
     expected_z = (coefficient * log_z**2 * weights).sum()
     np.testing.assert_allclose(z_sum, expected_z, rtol=1e-5)
-    ce = (-np.take_along_axis(_np_log_softmax(logits.astype(np.float64)),
-                              targets[..., None], -1)[..., 0] * weights).sum()
+    ce = (
+        -np.take_along_axis(_np_log_softmax(logits.astype(np.float64)), targets[..., None], -1)[
+            ..., 0
+        ]
+        * weights
+    ).sum()
     np.testing.assert_allclose(loss_sum, ce + expected_z, rtol=1e-5)
 
 
@@ -127,24 +132,33 @@ def test_token_accuracy_is_weighted(data):
     targets[0, :2] = argmax[0, :2]  # two weighted hits at least
     targets[0, 3:] = argmax[0, 3:]  # hits on padding must not count
     hits = (argmax == targets) * weights
-    accuracy = losses.token_accuracy(jnp.asarray(logits), jnp.asarray(targets),
-                                     jnp.asarray(weights))
+    accuracy = losses.token_accuracy(
+        jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
+    )
     np.testing.assert_allclose(accuracy, hits.sum() / weights.sum(), rtol=1e-6)
-    assert float(losses.token_accuracy(jnp.asarray(logits), jnp.asarray(targets),
-                                       jnp.zeros_like(weights))) == 0.0
+    assert (
+        float(
+            losses.token_accuracy(
+                jnp.asarray(logits), jnp.asarray(targets), jnp.zeros_like(weights)
+            )
+        )
+        == 0.0
+    )
 
 
 def test_per_task_sums_row_and_token_ids():
     values = np.arange(12, dtype=np.float32).reshape(3, 4)
     weights = np.array([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], np.float32)
     # Rows: task 2, task 0, padding row (-1).
-    sums, counts = losses.per_task_sums(jnp.asarray(values), jnp.asarray(weights),
-                                        jnp.array([2, 0, -1]), 3)
+    sums, counts = losses.per_task_sums(
+        jnp.asarray(values), jnp.asarray(weights), jnp.array([2, 0, -1]), 3
+    )
     np.testing.assert_array_equal(sums, [4 + 5 + 6 + 7, 0, 0 + 1])
     np.testing.assert_array_equal(counts, [4, 0, 2])
     # Per-token ids: row 1 packs task 1 then task 0; id 3 is out of range and ignored.
     token_ids = np.array([[0, 0, 0, 0], [1, 1, 0, 0], [3, 3, 3, 3]])
-    sums, counts = losses.per_task_sums(jnp.asarray(values), jnp.asarray(weights),
-                                        jnp.asarray(token_ids), 2)
+    sums, counts = losses.per_task_sums(
+        jnp.asarray(values), jnp.asarray(weights), jnp.asarray(token_ids), 2
+    )
     np.testing.assert_array_equal(sums, [0 + 1 + 6 + 7, 4 + 5])
     np.testing.assert_array_equal(counts, [4, 2])

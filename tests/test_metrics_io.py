@@ -24,7 +24,9 @@ def eval_record(global_step: int, loss) -> dict:
         "global_step": global_step,
         "time": 1700000000.5,
         "examples_seen": {"en_fr": np.int64(4096), "en_tl": 512},
-        "validation": {"en_fr": {"loss": loss, "accuracy": np.float32(0.25), "tokens": np.int32(77)}},
+        "validation": {
+            "en_fr": {"loss": loss, "accuracy": np.float32(0.25), "tokens": np.int32(77)}
+        },
         "train": {"loss": jnp.asarray(2.5, jnp.float32), "learning_rate": 5e-4},
     }
 
@@ -35,20 +37,34 @@ def eval_record(global_step: int, loss) -> dict:
 def test_jsonl_round_trip_of_nested_numpy_jax_and_nonfinite_values(tmp_path):
     with mio.MetricsWriter(str(tmp_path), tensorboard=False) as w:
         w.write_eval(eval_record(1200, np.float64("nan")))
-        w.write_eval({"global_step": 1300, "a": {"b": float("inf"), "c": -math.inf, "flag": np.bool_(True)}, "v": [1, np.float32(0.5)]})
+        w.write_eval(
+            {
+                "global_step": 1300,
+                "a": {"b": float("inf"), "c": -math.inf, "flag": np.bool_(True)},
+                "v": [1, np.float32(0.5)],
+            }
+        )
     records = mio.read_metrics(tmp_path)
     assert len(records) == 2
     first = records[0]
     assert math.isnan(first["validation"]["en_fr"]["loss"])
     first["validation"]["en_fr"]["loss"] = "checked"
     assert first == {
-        "stage": "joint", "stage_index": 1, "stage_step": 200, "global_step": 1200,
-        "time": 1700000000.5, "examples_seen": {"en_fr": 4096, "en_tl": 512},
+        "stage": "joint",
+        "stage_index": 1,
+        "stage_step": 200,
+        "global_step": 1200,
+        "time": 1700000000.5,
+        "examples_seen": {"en_fr": 4096, "en_tl": 512},
         "validation": {"en_fr": {"loss": "checked", "accuracy": 0.25, "tokens": 77}},
         "train": {"loss": 2.5, "learning_rate": 5e-4},
     }
     assert type(first["examples_seen"]["en_fr"]) is int and type(first["train"]["loss"]) is float
-    assert records[1] == {"global_step": 1300, "a": {"b": math.inf, "c": -math.inf, "flag": True}, "v": [1, 0.5]}
+    assert records[1] == {
+        "global_step": 1300,
+        "a": {"b": math.inf, "c": -math.inf, "flag": True},
+        "v": [1, 0.5],
+    }
 
 
 def test_file_is_strict_json_with_nonfinite_as_strings(tmp_path):
@@ -59,7 +75,11 @@ def test_file_is_strict_json_with_nonfinite_as_strings(tmp_path):
     def reject(token):
         raise AssertionError(f"bare {token} in the file")
 
-    assert json.loads(line, parse_constant=reject) == {"global_step": 1, "loss": "NaN", "big": "Infinity"}
+    assert json.loads(line, parse_constant=reject) == {
+        "global_step": 1,
+        "loss": "NaN",
+        "big": "Infinity",
+    }
 
 
 def test_each_record_is_on_disk_before_close(tmp_path):
@@ -79,7 +99,10 @@ def test_write_train_goes_to_train_metrics_jsonl(tmp_path):
 
 
 def test_eval_record_without_global_step_is_rejected(tmp_path):
-    with mio.MetricsWriter(str(tmp_path), tensorboard=False) as w, pytest.raises(ValueError, match="global_step"):
+    with (
+        mio.MetricsWriter(str(tmp_path), tensorboard=False) as w,
+        pytest.raises(ValueError, match="global_step"),
+    ):
         w.write_eval({"stage": "joint"})
 
 
@@ -128,7 +151,11 @@ def test_unwritable_model_dir_names_the_path_and_the_flag(tmp_path):
 
 
 def test_numeric_leaves_become_slash_joined_tags():
-    leaves = dict(mio.numeric_leaves({"eval": {"bible_translate_en_fr": {"loss": 1.2}}, "stage": "x", "ok": True, "n": "NaN"}))
+    leaves = dict(
+        mio.numeric_leaves(
+            {"eval": {"bible_translate_en_fr": {"loss": 1.2}}, "stage": "x", "ok": True, "n": "NaN"}
+        )
+    )
     assert set(leaves) == {"eval/bible_translate_en_fr/loss", "n"}
     assert leaves["eval/bible_translate_en_fr/loss"] == 1.2 and math.isnan(leaves["n"])
 
@@ -144,7 +171,9 @@ def test_tensorboard_event_file_has_the_expected_tags_steps_and_values(tmp_path)
     seen = {}
     for event in tf.compat.v1.train.summary_iterator(events[0]):
         for v in event.summary.value:
-            assert v.metadata.plugin_data.plugin_name == "scalars"  # TensorBoard's scalars dashboard
+            assert (
+                v.metadata.plugin_data.plugin_name == "scalars"
+            )  # TensorBoard's scalars dashboard
             seen[v.tag] = (event.step, float(tf.make_ndarray(v.tensor)))
     assert seen == {
         # write_train's; the eval record's own `train` copy is not written a second time
@@ -165,8 +194,20 @@ def test_tensorboard_event_file_has_the_expected_tags_steps_and_values(tmp_path)
 
 @pytest.mark.parametrize(
     "seconds,text",
-    [(0, "0s"), (12, "12s"), (59.4, "59s"), (59.6, "1m00s"), (185, "3m05s"), (3720, "1h02m"),
-     (3599.7, "1h00m"), (90061, "25h01m"), (math.nan, "?"), (math.inf, "?"), (-1, "?"), (None, "?")],
+    [
+        (0, "0s"),
+        (12, "12s"),
+        (59.4, "59s"),
+        (59.6, "1m00s"),
+        (185, "3m05s"),
+        (3720, "1h02m"),
+        (3599.7, "1h00m"),
+        (90061, "25h01m"),
+        (math.nan, "?"),
+        (math.inf, "?"),
+        (-1, "?"),
+        (None, "?"),
+    ],
 )
 def test_format_eta(seconds, text):
     assert mio.format_eta(seconds) == text
@@ -174,9 +215,18 @@ def test_format_eta(seconds, text):
 
 @pytest.mark.parametrize(
     "rate,text",
-    [(0, "0 tok/s"), (7.5, "7.50 tok/s"), (950, "950 tok/s"), (999.7, "1.00k tok/s"), (1234, "1.23k tok/s"),
-     (12345, "12.3k tok/s"), (123456, "123k tok/s"), (45.6e6, "45.6M tok/s"), (2.5e9, "2.50G tok/s"),
-     (math.nan, "? tok/s")],
+    [
+        (0, "0 tok/s"),
+        (7.5, "7.50 tok/s"),
+        (950, "950 tok/s"),
+        (999.7, "1.00k tok/s"),
+        (1234, "1.23k tok/s"),
+        (12345, "12.3k tok/s"),
+        (123456, "123k tok/s"),
+        (45.6e6, "45.6M tok/s"),
+        (2.5e9, "2.50G tok/s"),
+        (math.nan, "? tok/s"),
+    ],
 )
 def test_format_rate(rate, text):
     assert mio.format_rate(rate) == text
@@ -215,7 +265,15 @@ def test_tty_progress_wipes_a_longer_previous_line():
 
 def test_non_tty_progress_logs_plain_lines_every_log_every_steps_and_the_last():
     out, clock = io.StringIO(), FakeClock()
-    p = mio.ProgressDisplay(30, stage_name="pretrain", stream=out, is_tty=False, log_every=10, log_seconds=1e9, clock=clock)
+    p = mio.ProgressDisplay(
+        30,
+        stage_name="pretrain",
+        stream=out,
+        is_tty=False,
+        log_every=10,
+        log_seconds=1e9,
+        clock=clock,
+    )
     for step in range(1, 31):
         clock.t = float(step)
         p.update(step, 1.0, None)
@@ -229,7 +287,9 @@ def test_non_tty_progress_logs_plain_lines_every_log_every_steps_and_the_last():
 
 def test_non_tty_progress_logs_when_enough_time_passed():
     out, clock = io.StringIO(), FakeClock()
-    p = mio.ProgressDisplay(1000, stage_name="s", stream=out, is_tty=False, log_every=10**6, log_seconds=30, clock=clock)
+    p = mio.ProgressDisplay(
+        1000, stage_name="s", stream=out, is_tty=False, log_every=10**6, log_seconds=30, clock=clock
+    )
     for step in range(1, 101):
         clock.t = step * 1.0  # one step per second
         p.update(step)

@@ -112,8 +112,9 @@ def test_adafactor_factored_state_has_row_and_col_and_no_momentum():
     assert _leaf(state128, "v")["w"].shape == (4, 6)
 
 
-@pytest.mark.parametrize("config", [OptimizerConfig(name="adam", grad_clip_norm=1.0),
-                                    paper_mc4_adafactor()])
+@pytest.mark.parametrize(
+    "config", [OptimizerConfig(name="adam", grad_clip_norm=1.0), paper_mc4_adafactor()]
+)
 def test_fresh_init_is_zero_with_count_zero(config):
     """The stage switch relies on `tx.init` giving zero moments and a zero step count."""
     tx = make_optimizer(config, schedules.constant(0.01))

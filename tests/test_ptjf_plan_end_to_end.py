@@ -64,19 +64,30 @@ def test_plan_runs_both_stages_and_writes_metrics(ptjf_run):
     records = read_metrics(model_dir)
     stages = [(r["stage"], r["stage_step"], r["global_step"]) for r in records]
     assert stages == [
-        ("pretrain", 0, 0), ("pretrain", 2, 2), ("pretrain", 4, 4),
-        ("joint", 0, 4), ("joint", 2, 6), ("joint", 4, 8),
+        ("pretrain", 0, 0),
+        ("pretrain", 2, 2),
+        ("pretrain", 4, 4),
+        ("joint", 0, 4),
+        ("joint", 2, 6),
+        ("joint", 4, 8),
     ]
     low = "bible_translate_en_tl_low"
     # The low-resource task is evaluated from step 0 but not trained on before the switch.
     assert all(low in r["validation"] and low in r["train_subset"] for r in records)
     assert [r["examples_seen"][low] for r in records[:4]] == [0, 0, 0, 0]
     assert records[-1]["examples_seen"][low] > 0
-    assert records[-1]["examples_seen"]["bible_translate_en_fr"] > records[2]["examples_seen"]["bible_translate_en_fr"]
+    assert (
+        records[-1]["examples_seen"]["bible_translate_en_fr"]
+        > records[2]["examples_seen"]["bible_translate_en_fr"]
+    )
     for r in records:
         for split in ("validation", "train_subset"):
             scores = r[split]["bible_translate_en_fr"]
-            assert np.isfinite(scores["loss"]) and 0 <= scores["accuracy"] <= 1 and scores["tokens"] > 0
+            assert (
+                np.isfinite(scores["loss"])
+                and 0 <= scores["accuracy"] <= 1
+                and scores["tokens"] > 0
+            )
     assert "train" in records[-1] and records[-1]["train"]["learning_rate"] >= 0
     assert (model_dir / "config.gin").read_text().count("Stage.name") >= 2
 
@@ -89,10 +100,15 @@ def test_switch_carries_params_only_and_records_lineage(ptjf_run):
     opt_state = raw_opt_state(model_dir / "joint", 0)
     assert jax.tree.leaves(opt_state)
     assert all(float(np.abs(np.asarray(x)).sum()) == 0 for x in jax.tree.leaves(opt_state))
-    assert any(float(np.abs(np.asarray(x)).sum()) > 0 for x in jax.tree.leaves(raw_opt_state(model_dir / "pretrain", 4)))
+    assert any(
+        float(np.abs(np.asarray(x)).sum()) > 0
+        for x in jax.tree.leaves(raw_opt_state(model_dir / "pretrain", 4))
+    )
     assert meta["step"] == 0
     assert meta["stage_name"] == "joint" and meta["stage_index"] == 1 and meta["global_step"] == 4
-    assert meta["lineage"]["parent_path"].endswith("pretrain") and meta["lineage"]["parent_step"] == 4
+    assert (
+        meta["lineage"]["parent_path"].endswith("pretrain") and meta["lineage"]["parent_step"] == 4
+    )
 
 
 def test_rerunning_a_finished_plan_trains_nothing(ptjf_run):
@@ -108,7 +124,9 @@ def test_resume_after_a_stop_continues_from_the_checkpoint_exactly(ptjf_run, tmp
     stopped = tmp_path / "stopped"
     shutil.copytree(model_dir, stopped)
     shutil.rmtree(stopped / "joint" / "4")  # as if stopped after the joint stage's step-2 save
-    records = [r for r in read_metrics(stopped) if not (r["stage"] == "joint" and r["stage_step"] == 4)]
+    records = [
+        r for r in read_metrics(stopped) if not (r["stage"] == "joint" and r["stage_step"] == 4)
+    ]
     (stopped / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = run_plan(stopped)
     assert summary.global_step == 8
@@ -123,16 +141,26 @@ def test_resume_after_a_stop_continues_from_the_checkpoint_exactly(ptjf_run, tmp
 def test_ptjf_switch_cli_writes_a_stage_start_checkpoint(ptjf_run, tmp_path, capsys):
     model_dir, _ = ptjf_run
     target = tmp_path / "run" / "joint"
-    argv = ["switch", "--from", f"{model_dir}/pretrain/2", "--to", str(target),
-            "--gin_file=runs/ptjf.gin", "--gin_file=models/tiny.gin",
-            f"--gin.MODEL_DIR='{tmp_path / 'run'}'", *(f"--gin.{b.replace(' = ', '=')}" for b in TINY)]
+    argv = [
+        "switch",
+        "--from",
+        f"{model_dir}/pretrain/2",
+        "--to",
+        str(target),
+        "--gin_file=runs/ptjf.gin",
+        "--gin_file=models/tiny.gin",
+        f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+        *(f"--gin.{b.replace(' = ', '=')}" for b in TINY),
+    ]
     assert cli.main(argv) == 0
     assert "step 0" in capsys.readouterr().out
     params, meta = restore(target, 0)
     source, _ = restore(model_dir / "pretrain", 2)
     jax.tree.map(np.testing.assert_array_equal, params, source)
     assert meta["lineage"] == {"parent_path": str(model_dir / "pretrain"), "parent_step": 2}
-    assert all(float(np.abs(np.asarray(x)).sum()) == 0 for x in jax.tree.leaves(raw_opt_state(target, 0)))
+    assert all(
+        float(np.abs(np.asarray(x)).sum()) == 0 for x in jax.tree.leaves(raw_opt_state(target, 0))
+    )
     # Training with the same gin files starts the joint stage from that checkpoint.
     summary = run_plan(tmp_path / "run", "PRETRAIN_STEPS = 2")
     assert summary.global_step == 6
@@ -141,9 +169,18 @@ def test_ptjf_switch_cli_writes_a_stage_start_checkpoint(ptjf_run, tmp_path, cap
 
 def test_switch_into_a_different_model_names_the_first_mismatch(ptjf_run, tmp_path, capsys):
     model_dir, _ = ptjf_run
-    argv = ["switch", "--from", f"{model_dir}/pretrain", "--to", str(tmp_path / "joint"),
-            "--gin_file=runs/ptjf.gin", "--gin_file=models/tiny.gin", "--gin.TransformerConfig.emb_dim=48",
-            f"--gin.MODEL_DIR='{tmp_path}'", *(f"--gin.{b.replace(' = ', '=')}" for b in TINY)]
+    argv = [
+        "switch",
+        "--from",
+        f"{model_dir}/pretrain",
+        "--to",
+        str(tmp_path / "joint"),
+        "--gin_file=runs/ptjf.gin",
+        "--gin_file=models/tiny.gin",
+        "--gin.TransformerConfig.emb_dim=48",
+        f"--gin.MODEL_DIR='{tmp_path}'",
+        *(f"--gin.{b.replace(' = ', '=')}" for b in TINY),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "ptjf switch: error:" in err and "shape" in err
@@ -155,7 +192,9 @@ def test_switch_refuses_a_missing_source(tmp_path):
     with pytest.raises(CheckpointError, match="No finished checkpoint"):
         from ptjf import stages, switch
 
-        plan = stages.Plan(stages=[stages.Stage(name="a", mixture_or_task_name="bible_en_fr_tl", steps=1)])
+        plan = stages.Plan(
+            stages=[stages.Stage(name="a", mixture_or_task_name="bible_en_fr_tl", steps=1)]
+        )
         switch.switch(str(tmp_path / "nothing"), str(tmp_path / "out"), plan)
 
 
@@ -182,6 +221,8 @@ def test_nan_loss_stops_the_stage_and_keeps_the_last_good_checkpoint(tmp_path, m
         return wrapped
 
     monkeypatch.setattr(trainer.steps, "make_train_step", poisoned)
-    with pytest.raises(trainer.TrainingError, match=r"NaN or infinite by stage step 3.*last good checkpoint"):
+    with pytest.raises(
+        trainer.TrainingError, match=r"NaN or infinite by stage step 3.*last good checkpoint"
+    ):
         run_plan(tmp_path / "run", "CheckpointConfig.period = 2")
     assert ckpt.finalized_steps(tmp_path / "run" / "pretrain") == [0, 2]

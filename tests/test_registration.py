@@ -171,7 +171,9 @@ def test_unimax_budget_over_the_cap_is_an_error_not_a_silent_raise():
         max_epochs=2,
         overwrite=True,
     )
-    with pytest.raises(RatesError, match=r"Lower the budget to at most 60584\.0 or raise max_epochs"):
+    with pytest.raises(
+        RatesError, match=r"Lower the budget to at most 60584\.0 or raise max_epochs"
+    ):
         T.mixture_rates("toy_unimax_cap")
 
 

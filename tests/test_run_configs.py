@@ -32,9 +32,21 @@ def plan_of(run_file: str) -> stg.Plan:
     "run_file,expected",
     [
         ("runs/scalarization.gin", [("joint", "bible_en_fr_tl", 30, W)]),
-        ("runs/restart.gin", [("first", "bible_en_fr_tl", 20, W), ("restart", "bible_en_fr_tl", 10, W)]),
-        ("runs/transfer.gin", [("pretrain", "bible_translate_en_fr", 20, None), ("finetune", "bible_translate_en_tl_low", 10, None)]),
-        ("runs/ptjf.gin", [("pretrain", "bible_translate_en_fr", 20, None), ("joint", "bible_en_fr_tl", 10, W)]),
+        (
+            "runs/restart.gin",
+            [("first", "bible_en_fr_tl", 20, W), ("restart", "bible_en_fr_tl", 10, W)],
+        ),
+        (
+            "runs/transfer.gin",
+            [
+                ("pretrain", "bible_translate_en_fr", 20, None),
+                ("finetune", "bible_translate_en_tl_low", 10, None),
+            ],
+        ),
+        (
+            "runs/ptjf.gin",
+            [("pretrain", "bible_translate_en_fr", 20, None), ("joint", "bible_en_fr_tl", 10, W)],
+        ),
     ],
 )
 def test_run_files_build_the_methods_plans(run_file, expected):
@@ -72,7 +84,10 @@ def test_restart_plan_trains_and_resets(tmp_path, bible_vocab):
     assert summary.global_step == 4
     records = read_metrics(tmp_path)
     assert [(r["stage"], r["stage_step"]) for r in records] == [
-        ("first", 0), ("first", 2), ("restart", 0), ("restart", 2)
+        ("first", 0),
+        ("first", 2),
+        ("restart", 0),
+        ("restart", 2),
     ]
     # Both stages train on both tasks (the restart baseline never pre-trains).
     assert records[1]["examples_seen"]["bible_translate_en_tl_low"] > 0

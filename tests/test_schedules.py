@@ -39,8 +39,7 @@ def test_warmup_cosine_exact():
 
 def test_warmup_cosine_end_lr():
     schedule = schedules.warmup_cosine(1.0, 0, 10, end_lr=0.1)
-    np.testing.assert_allclose(_values(schedule, [0, 5, 10, 20]),
-                               [1.0, 0.55, 0.1, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(_values(schedule, [0, 5, 10, 20]), [1.0, 0.55, 0.1, 0.1], rtol=1e-6)
 
 
 def test_constant_then_rsqrt_exact_and_t5x_form():

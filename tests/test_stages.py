@@ -17,7 +17,9 @@ COSINE = ScheduleConfig(name="warmup_cosine", peak_lr=1.0, warmup_steps=10)
 
 
 def _stage(name: str, steps: int = 100, **kw) -> stg.Stage:
-    return stg.Stage(name=name, mixture_or_task_name="bible_en_fr_tl", steps=steps, schedule=COSINE, **kw)
+    return stg.Stage(
+        name=name, mixture_or_task_name="bible_en_fr_tl", steps=steps, schedule=COSINE, **kw
+    )
 
 
 def test_stage_with_zero_steps_is_refused():
@@ -79,8 +81,10 @@ def test_switch_state_has_the_params_and_a_fresh_optimizer_state():
 
 
 def test_plan_eval_tasks_include_tasks_not_yet_trained():
-    plan = stg.Plan(stages=[
-        stg.Stage(name="pretrain", mixture_or_task_name="bible_translate_en_fr", steps=5),
-        stg.Stage(name="joint", mixture_or_task_name="bible_en_fr_tl", steps=5),
-    ])
+    plan = stg.Plan(
+        stages=[
+            stg.Stage(name="pretrain", mixture_or_task_name="bible_translate_en_fr", steps=5),
+            stg.Stage(name="joint", mixture_or_task_name="bible_en_fr_tl", steps=5),
+        ]
+    )
     assert stg.plan_eval_tasks(plan) == ["bible_translate_en_fr", "bible_translate_en_tl_low"]

@@ -27,8 +27,9 @@ class TinyModel(nn.Module):
 
 def make_apply_fn(model):
     def apply_fn(params, batch, *, enable_dropout, rngs):
-        return model.apply({"params": params}, batch["decoder_input_tokens"], enable_dropout,
-                           rngs=rngs)
+        return model.apply(
+            {"params": params}, batch["decoder_input_tokens"], enable_dropout, rngs=rngs
+        )
 
     return apply_fn
 
@@ -60,8 +61,9 @@ RNG = jax.random.PRNGKey(42)
 @pytest.fixture(scope="module")
 def adam_step():
     tx = optax.adam(SCHEDULE)
-    step = make_train_step(make_apply_fn(DROPOUT_MODEL), tx, label_smoothing=0.1, z_loss=1e-4,
-                           schedule=SCHEDULE)
+    step = make_train_step(
+        make_apply_fn(DROPOUT_MODEL), tx, label_smoothing=0.1, z_loss=1e-4, schedule=SCHEDULE
+    )
     return tx, jax.jit(step, donate_argnums=(0,))
 
 
@@ -137,13 +139,16 @@ def test_microbatching_matches_full_batch(sgd_steps):
         results[k] = (new_state, jax.device_get(metrics))
         np.testing.assert_allclose(metrics["loss"], ref_loss, rtol=1e-5)
         assert metrics["token_count"] == weights.sum()
-        for new, old, g in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params),
-                               jax.tree.leaves(ref_grads), strict=True):
+        for new, old, g in zip(
+            jax.tree.leaves(new_state.params),
+            jax.tree.leaves(params),
+            jax.tree.leaves(ref_grads),
+            strict=True,
+        ):
             np.testing.assert_allclose(new, old - g, rtol=1e-5, atol=1e-6)
     for name in ("loss", "grad_norm", "accuracy", "cross_entropy", "z_loss"):
         np.testing.assert_allclose(results[1][1][name], results[2][1][name], rtol=1e-5)
-    np.testing.assert_allclose(results[1][1]["grad_norm"], optax.global_norm(ref_grads),
-                               rtol=1e-5)
+    np.testing.assert_allclose(results[1][1]["grad_norm"], optax.global_norm(ref_grads), rtol=1e-5)
 
 
 def test_microbatches_must_divide_batch(sgd_steps):
@@ -188,17 +193,25 @@ def poisoned_step():
 def test_nonfinite_step_keeps_params_and_sets_flag(poisoned_step, poison, sqrt_offset, nonfinite):
     tx, step = poisoned_step
     params = init_params(PLAIN_MODEL)
-    batch = dict(make_batch(), poison=jnp.full((B,), poison, jnp.float32),
-                 sqrt_offset=jnp.full((B,), sqrt_offset, jnp.float32))
+    batch = dict(
+        make_batch(),
+        poison=jnp.full((B,), poison, jnp.float32),
+        sqrt_offset=jnp.full((B,), sqrt_offset, jnp.float32),
+    )
     state = create_train_state(params, tx)
     new_state, metrics = step(state, batch, RNG)
     assert int(metrics["nonfinite"]) == nonfinite
     assert int(new_state.step) == 1
-    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.params),
-                                                 jax.tree.leaves(params), strict=True)]
-    opt_same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.opt_state),
-                                                     jax.tree.leaves(state.opt_state),
-                                                     strict=True)]
+    same = [
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params), strict=True)
+    ]
+    opt_same = [
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(new_state.opt_state), jax.tree.leaves(state.opt_state), strict=True
+        )
+    ]
     if nonfinite:
         assert all(same) and all(opt_same)
         if poison == 0.0:
@@ -231,15 +244,17 @@ def eval_setup():
 
 
 def _numpy_eval(params, batch, token_task_ids, starts):
-    logits = np.asarray(make_apply_fn(PLAIN_MODEL)(params, batch, enable_dropout=False,
-                                                   rngs=None), np.float64)
+    logits = np.asarray(
+        make_apply_fn(PLAIN_MODEL)(params, batch, enable_dropout=False, rngs=None), np.float64
+    )
     targets = np.asarray(batch["decoder_target_tokens"])
     weights = np.asarray(batch["decoder_loss_weights"])
     log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(log_p, targets[..., None], -1)[..., 0]
     correct = (logits.argmax(-1) == targets).astype(np.float64)
-    expected = {k: np.zeros(NUM_TASKS) for k in ("loss_sum", "token_count", "correct",
-                                                  "example_count")}
+    expected = {
+        k: np.zeros(NUM_TASKS) for k in ("loss_sum", "token_count", "correct", "example_count")
+    }
     for (r, c), task in np.ndenumerate(token_task_ids):
         if 0 <= task < NUM_TASKS:
             expected["loss_sum"][task] += ce[r, c] * weights[r, c]
@@ -268,11 +283,16 @@ def test_eval_per_task_sums_packed(eval_setup):
     batch = make_batch(seed=8)
     weights = np.ones((B, L), np.float32)
     weights[0, 5:] = 0.0
-    segments = np.array([[1, 1, 2, 2, 2, 0], [1, 2, 3, 3, 3, 3], [1, 1, 1, 1, 1, 1],
-                         [1, 1, 1, 2, 2, 2]])
+    segments = np.array(
+        [[1, 1, 2, 2, 2, 0], [1, 2, 3, 3, 3, 3], [1, 1, 1, 1, 1, 1], [1, 1, 1, 2, 2, 2]]
+    )
     task_ids = np.array([[0, 0, 2, 2, 2, -1], [1, 1, 0, 0, 0, 0], [2] * L, [0, 0, 0, 1, 1, 1]])
-    batch = dict(batch, decoder_loss_weights=jnp.asarray(weights),
-                 decoder_segment_ids=jnp.asarray(segments), task_ids=jnp.asarray(task_ids))
+    batch = dict(
+        batch,
+        decoder_loss_weights=jnp.asarray(weights),
+        decoder_segment_ids=jnp.asarray(segments),
+        task_ids=jnp.asarray(task_ids),
+    )
     result = jax.device_get(step(params, batch))
     starts = np.zeros((B, L))
     for r, c in [(0, 0), (0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (3, 0), (3, 3)]:

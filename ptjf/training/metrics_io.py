@@ -226,8 +226,10 @@ def read_metrics(path_or_dir: str | os.PathLike) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                _warn(f"{path}:{number}: skipping a broken metrics line ({e.msg}); a run killed "
-                      "mid-write leaves one.")
+                _warn(
+                    f"{path}:{number}: skipping a broken metrics line ({e.msg}); a run killed "
+                    "mid-write leaves one."
+                )
                 continue
             if not isinstance(record, dict):
                 _warn(f"{path}:{number}: skipping a metrics line that is not a JSON object.")
@@ -345,7 +347,9 @@ class ProgressDisplay:
         parts.append(f"ETA {format_eta(self.eta_seconds(step))}")
         return " ".join(parts)
 
-    def update(self, step: int, loss: float | None = None, tokens_per_sec: float | None = None) -> None:
+    def update(
+        self, step: int, loss: float | None = None, tokens_per_sec: float | None = None
+    ) -> None:
         now = self.clock()
         if self._start is None:
             self._start = (step, now)

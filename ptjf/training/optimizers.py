@@ -69,28 +69,58 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZER_NAMES:
             raise UnknownNameError(
-                "optimizer", self.name, OPTIMIZER_NAMES,
+                "optimizer",
+                self.name,
+                OPTIMIZER_NAMES,
                 hint="Set OptimizerConfig.name to one of the registered optimizers.",
             )
         _check(0.0 <= self.b1 < 1.0, "b1", self.b1, "a decay rate in [0, 1)", "Adam uses 0.9.")
         _check(0.0 <= self.b2 < 1.0, "b2", self.b2, "a decay rate in [0, 1)", "Adam uses 0.999.")
-        _check(self.eps is None or self.eps >= 0.0, "eps", self.eps,
-               "a value >= 0, or None for the optimizer's default")
+        _check(
+            self.eps is None or self.eps >= 0.0,
+            "eps",
+            self.eps,
+            "a value >= 0, or None for the optimizer's default",
+        )
         _check(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "a value >= 0")
         if self.name == "adam":
-            _check(self.weight_decay == 0.0, "weight_decay", self.weight_decay,
-                   "0 for 'adam'", "Use name='adamw' for decoupled weight decay.")
-        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0.0, "grad_clip_norm",
-               self.grad_clip_norm, "a norm > 0, or None for no clipping")
-        _check(self.momentum is None or 0.0 <= self.momentum < 1.0, "momentum", self.momentum,
-               "a decay rate in [0, 1), or None for no momentum", "The paper's mC4 runs use 0.9.")
-        _check(self.decay_rate > 0.0, "decay_rate", self.decay_rate,
-               "an exponent > 0", "T5 uses 0.8.")
-        _check(self.clipping_threshold is None or self.clipping_threshold >= 1.0,
-               "clipping_threshold", self.clipping_threshold,
-               "a threshold >= 1 (Adafactor update clipping), or None to disable it", "T5 uses 1.0.")
-        _check(self.min_dim_size_to_factor >= 1, "min_dim_size_to_factor",
-               self.min_dim_size_to_factor, "an integer >= 1", "T5 uses 128.")
+            _check(
+                self.weight_decay == 0.0,
+                "weight_decay",
+                self.weight_decay,
+                "0 for 'adam'",
+                "Use name='adamw' for decoupled weight decay.",
+            )
+        _check(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0.0,
+            "grad_clip_norm",
+            self.grad_clip_norm,
+            "a norm > 0, or None for no clipping",
+        )
+        _check(
+            self.momentum is None or 0.0 <= self.momentum < 1.0,
+            "momentum",
+            self.momentum,
+            "a decay rate in [0, 1), or None for no momentum",
+            "The paper's mC4 runs use 0.9.",
+        )
+        _check(
+            self.decay_rate > 0.0, "decay_rate", self.decay_rate, "an exponent > 0", "T5 uses 0.8."
+        )
+        _check(
+            self.clipping_threshold is None or self.clipping_threshold >= 1.0,
+            "clipping_threshold",
+            self.clipping_threshold,
+            "a threshold >= 1 (Adafactor update clipping), or None to disable it",
+            "T5 uses 1.0.",
+        )
+        _check(
+            self.min_dim_size_to_factor >= 1,
+            "min_dim_size_to_factor",
+            self.min_dim_size_to_factor,
+            "an integer >= 1",
+            "T5 uses 128.",
+        )
 
     @property
     def resolved_eps(self) -> float:
@@ -100,8 +130,13 @@ class OptimizerConfig:
 def t5_adafactor() -> OptimizerConfig:
     """T5's Adafactor: factored second moment, no momentum, decay 0.8, parameter scaling."""
     return OptimizerConfig(
-        name="adafactor", factored=True, momentum=None, decay_rate=0.8,
-        clipping_threshold=1.0, multiply_by_parameter_scale=True, min_dim_size_to_factor=128,
+        name="adafactor",
+        factored=True,
+        momentum=None,
+        decay_rate=0.8,
+        clipping_threshold=1.0,
+        multiply_by_parameter_scale=True,
+        min_dim_size_to_factor=128,
     )
 
 
@@ -110,7 +145,9 @@ def paper_mc4_adafactor(momentum: float = 0.9) -> OptimizerConfig:
     return dataclasses.replace(t5_adafactor(), factored=False, momentum=momentum)
 
 
-def make_optimizer(config: OptimizerConfig, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config: OptimizerConfig, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     """The optimizer `config` names, stepping with `schedule` (which counts the stage's steps)."""
     eps = config.resolved_eps
     if config.name == "adam":

@@ -103,7 +103,9 @@ SCHEDULE_NAMES = ("constant", "warmup_cosine", "constant_then_rsqrt", "warmup_rs
 
 def _check(ok: bool, field: str, value, expected: str, fix: str) -> None:
     if not ok:
-        raise ConfigError(f"ScheduleConfig.{field} = {value!r} is invalid: expected {expected}. {fix}")
+        raise ConfigError(
+            f"ScheduleConfig.{field} = {value!r} is invalid: expected {expected}. {fix}"
+        )
 
 
 @gin.configurable("ScheduleConfig")
@@ -125,28 +127,57 @@ class ScheduleConfig:
     def __post_init__(self):
         if self.name not in SCHEDULE_NAMES:
             raise UnknownNameError(
-                "learning-rate schedule", self.name, SCHEDULE_NAMES,
+                "learning-rate schedule",
+                self.name,
+                SCHEDULE_NAMES,
                 hint="Set ScheduleConfig.name to one of the registered schedules.",
             )
-        _check(self.peak_lr > 0, "peak_lr", self.peak_lr, "a learning rate > 0",
-               "Set it to the schedule's peak learning rate, e.g. 5e-4 (Adam) or 0.01 (Adafactor).")
-        _check(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "an integer >= 0",
-               "Use 0 for no warmup.")
-        _check(0 <= self.end_lr <= self.peak_lr, "end_lr", self.end_lr,
-               f"a learning rate in [0, peak_lr={self.peak_lr}]", "The paper decays to 0.")
+        _check(
+            self.peak_lr > 0,
+            "peak_lr",
+            self.peak_lr,
+            "a learning rate > 0",
+            "Set it to the schedule's peak learning rate, e.g. 5e-4 (Adam) or 0.01 (Adafactor).",
+        )
+        _check(
+            self.warmup_steps >= 0,
+            "warmup_steps",
+            self.warmup_steps,
+            "an integer >= 0",
+            "Use 0 for no warmup.",
+        )
+        _check(
+            0 <= self.end_lr <= self.peak_lr,
+            "end_lr",
+            self.end_lr,
+            f"a learning rate in [0, peak_lr={self.peak_lr}]",
+            "The paper decays to 0.",
+        )
         if self.name == "warmup_rsqrt":
-            _check(self.warmup_steps >= 1, "warmup_steps", self.warmup_steps,
-                   "an integer >= 1 for 'warmup_rsqrt' (the decay is relative to the warmup)",
-                   "The paper's fine-tuning stage uses 10_000.")
+            _check(
+                self.warmup_steps >= 1,
+                "warmup_steps",
+                self.warmup_steps,
+                "an integer >= 1 for 'warmup_rsqrt' (the decay is relative to the warmup)",
+                "The paper's fine-tuning stage uses 10_000.",
+            )
         if self.name == "constant_then_rsqrt":
-            _check(self.constant_steps >= 1, "constant_steps", self.constant_steps,
-                   "an integer >= 1 for 'constant_then_rsqrt'",
-                   "The paper's mC4 pre-training uses 10_000.")
+            _check(
+                self.constant_steps >= 1,
+                "constant_steps",
+                self.constant_steps,
+                "an integer >= 1 for 'constant_then_rsqrt'",
+                "The paper's mC4 pre-training uses 10_000.",
+            )
 
 
 def make_schedule(config: ScheduleConfig, total_steps: int) -> optax.Schedule:
     """The schedule `config` names, for a stage of `total_steps` steps (counted from 0)."""
-    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, numbers.Integral)
+        or total_steps < 1
+    ):
         raise ConfigError(
             f"total_steps = {total_steps!r} is invalid: expected the stage's number of training "
             "steps, an integer >= 1. Check the stage's `num_steps`."

@@ -100,8 +100,10 @@ def make_train_step(
         )
     if z_loss < 0.0:
         raise ConfigError(f"z_loss = {z_loss!r} is invalid: expected a weight >= 0 (0 disables).")
-    if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int) or (
-        num_microbatches < 1
+    if (
+        isinstance(num_microbatches, bool)
+        or not isinstance(num_microbatches, int)
+        or (num_microbatches < 1)
     ):
         raise ConfigError(
             f"num_microbatches = {num_microbatches!r} is invalid: expected an integer >= 1 "
@@ -221,9 +223,7 @@ def make_eval_step(apply_fn: ApplyFn, *, num_tasks: int) -> EvalStep:
             losses.correct_predictions(logits, targets), weights, task_ids, num_tasks
         )
         starts = _segment_starts(batch, weights)
-        example_count, _ = losses.per_task_sums(
-            jnp.ones_like(starts), starts, task_ids, num_tasks
-        )
+        example_count, _ = losses.per_task_sums(jnp.ones_like(starts), starts, task_ids, num_tasks)
         return {
             "loss_sum": loss_sum,
             "token_count": token_count,
