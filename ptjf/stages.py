@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
-import jax
+import jax.numpy as jnp
 import optax
 
 from ptjf.errors import ConfigError
@@ -155,13 +155,9 @@ def switch_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
     return create_train_state(params, tx)
 
 
-def carry_state(previous: TrainState, tx: optax.GradientTransformation) -> TrainState:
+def carry_state(previous: TrainState) -> TrainState:
     """A stage that keeps the previous optimizer state (no reset): only the step restarts."""
-    return TrainState(
-        step=jax.numpy.zeros((), jax.numpy.int32),
-        params=previous.params,
-        opt_state=previous.opt_state,
-    )
+    return previous.replace(step=jnp.zeros((), jnp.int32))
 
 
 def stage_tasks(stage: Stage) -> list[str]:

@@ -17,7 +17,7 @@ from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
-from ptjf.training.trainer import _abstract_params, plan_vocabulary
+from ptjf.training.trainer import abstract_params, plan_vocabulary
 
 
 def switch(
@@ -54,7 +54,7 @@ def switch(
         )
     config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
     with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
-        params, meta = source_ckpt.restore_params(src_step, target_params=_abstract_params(config))
+        params, meta = source_ckpt.restore_params(src_step, target_params=abstract_params(config))
     tx, _ = stg.make_tx(plan, index)
     state = stg.switch_state(params, tx)
     metadata = ckpt.checkpoint_metadata(

@@ -88,3 +88,13 @@ def test_plan_eval_tasks_include_tasks_not_yet_trained():
         ]
     )
     assert stg.plan_eval_tasks(plan) == ["bible_translate_en_fr", "bible_translate_en_tl_low"]
+
+
+def test_carry_state_keeps_the_optimizer_state_and_restarts_the_step():
+    params = {"w": jnp.ones(3)}
+    tx = make_optimizer(OptimizerConfig(name="adam"), optax.constant_schedule(0.1))
+    state = stg.switch_state(params, tx).apply_gradients({"w": jnp.full(3, 2.0)}, tx)
+    carried = stg.carry_state(state)
+    assert int(carried.step) == 0 and int(state.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, carried.opt_state, state.opt_state)
+    assert float(jnp.abs(carried.opt_state[0].mu["w"]).sum()) > 0

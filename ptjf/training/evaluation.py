@@ -33,6 +33,10 @@ def model_features(batch: Mapping[str, np.ndarray], *, keep_task_ids: bool = Fal
     return {k: v for k, v in batch.items() if k in keep}
 
 
+def _on_device(batches: Batches) -> list[dict[str, jax.Array]]:
+    return [jax.device_put(model_features(b, keep_task_ids=True)) for b in batches]
+
+
 class Evaluator:
     """Scores parameters on each task's validation split and training subset."""
 
@@ -43,12 +47,9 @@ class Evaluator:
         train_subset: Mapping[str, Batches],
     ):
         self._step = jax.jit(eval_step)
-        self._validation = {
-            t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in validation.items()
-        }
-        self._train = {
-            t: [model_features(b, keep_task_ids=True) for b in bs] for t, bs in train_subset.items()
-        }
+        # On the device once: every eval of the run reads the same batches.
+        self._validation = {t: _on_device(bs) for t, bs in validation.items()}
+        self._train = {t: _on_device(bs) for t, bs in train_subset.items()}
 
     @property
     def tasks(self) -> list[str]:

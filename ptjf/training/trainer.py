@@ -88,7 +88,8 @@ def plan_vocabulary(plan: stg.Plan):
     return first
 
 
-def _abstract_params(config: TransformerConfig):
+def abstract_params(config: TransformerConfig):
+    """Shapes and dtypes of the model's parameters, without allocating them (restore targets)."""
     return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
 
 
@@ -105,7 +106,7 @@ def build_state(
     stage = plan.stages[index]
     here = os.path.join(model_dir, stage.name)
     own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
-    target_params = _abstract_params(config)
+    target_params = abstract_params(config)
     if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
         target = jax.eval_shape(lambda p: stg.switch_state(p, tx), target_params)
         with ckpt.StageCheckpointer(here, checkpoint, read_only=True) as c:
@@ -122,7 +123,7 @@ def build_state(
         if stage.carries_optimizer:
             target = jax.eval_shape(lambda p: stg.switch_state(p, tx), target_params)
             full, meta = c.restore(prev.steps, target_state=target)
-            state = stg.carry_state(full, tx)
+            state = stg.carry_state(full)
         else:
             params, meta = c.restore_params(prev.steps, target_params=target_params)
             state = stg.switch_state(params, tx)
