@@ -59,11 +59,14 @@ class CheckpointConfig:
     period: save every `period` stage-local steps; 0 saves only at the end of the stage (the
         trainer's `force=True` save). keep: newest checkpoints kept per stage, None keeps all
         (T5X's default). async_save: write in a background thread so training continues.
+        keep_steps: stage steps that are always saved and never collected — the points other
+        runs fork from (a sweep's restart baseline restarts a scalarization run at N1).
     """
 
     period: int = 1000
     keep: int | None = None
     async_save: bool = True
+    keep_steps: tuple[int, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.period, bool) or not isinstance(self.period, int) or self.period < 0:
@@ -79,6 +82,13 @@ class CheckpointConfig:
                 f"CheckpointConfig.keep={self.keep!r} is invalid: expected an integer >= 1 or "
                 "None (keep all). Set e.g. --gin.CheckpointConfig.keep=2."
             )
+        steps = tuple(self.keep_steps or ())
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+            raise ConfigError(
+                f"CheckpointConfig.keep_steps={self.keep_steps!r} is invalid: expected stage "
+                "steps, integers >= 0, e.g. (1000,)."
+            )
+        object.__setattr__(self, "keep_steps", tuple(sorted(set(steps))))
 
 
 def parse_checkpoint_path(path: str) -> tuple[str, int | None]:
@@ -425,6 +435,7 @@ class StageCheckpointer:
             )
         step = int(step)
         period = self.config.period
+        force = force or step in self.config.keep_steps
         if not force and (period == 0 or step % period != 0):
             return False
         meta = _to_json(dict(metadata))
@@ -472,7 +483,8 @@ class StageCheckpointer:
         if keep is None or self.read_only:
             return
         for step in sorted(self._manager.all_steps())[:-keep]:
-            self._manager.delete(step)
+            if step not in self.config.keep_steps:
+                self._manager.delete(step)
 
     def all_steps(self) -> list[int]:
         """Finalised steps, ascending (a write still in flight is not listed)."""

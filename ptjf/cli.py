@@ -1,4 +1,4 @@
-"""The `ptjf` command: `ptjf rates | train | switch | demo`.
+"""The `ptjf` command: `ptjf rates | train | switch | sweep | report | demo`.
 
 Each subcommand is a thin layer over a library function, so everything it does can also be
 done from Python. Errors that ptjf raises for bad input are printed as one clear message
@@ -131,12 +131,47 @@ def cmd_switch(args: argparse.Namespace) -> int:
         raise PtjfError(f"unrecognized arguments: {' '.join(rest)}")
     gin_config.parse_gin(files, bindings)
     plan = stages.Plan()
+    if args.exist_ok and os.path.isdir(args.target) and checkpoints.finalized_steps(args.target):
+        print(f"ptjf switch: {args.target} already holds a checkpoint; nothing to do")
+        return 0
     src, step = switch.switch(
         args.source, args.target, plan, stage=args.stage, checkpoint=checkpoints.CheckpointConfig()
     )
+    if args.copy_metrics:
+        copied = switch.copy_metrics(src, step, args.target)
+        print(f"ptjf switch: copied {copied} eval records of {os.path.dirname(src)}")
     print(
         f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)"
     )
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ptjf import config as gin_config
+    from ptjf.experiments import runner
+
+    files, bindings, rest = gin_config.flags_to_gin(args.extra)
+    if rest:
+        raise PtjfError(
+            f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE)."
+        )
+    return runner.run_sweep_command(
+        files,
+        bindings,
+        sweep_dir=args.sweep_dir,
+        parallel=args.parallel,
+        emit=args.emit,
+        dry_run=args.dry_run,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ptjf.experiments import report
+
+    summary = report.write_report(
+        args.dirs, args.out, point=args.point, figures=not args.no_figures
+    )
+    print(summary)
     return 0
 
 
@@ -164,7 +199,55 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", required=True, help="DIR (latest step) or DIR/STEP")
     p.add_argument("--to", dest="target", required=True, help="the target stage directory")
     p.add_argument("--stage", help="target stage of the gin plan (default: its last stage)")
+    p.add_argument(
+        "--copy_metrics",
+        action="store_true",
+        help="start the new run's metrics.jsonl with the source run's records up to the fork",
+    )
+    p.add_argument(
+        "--exist_ok",
+        action="store_true",
+        help="do nothing (exit 0) when the target already holds a checkpoint (reruns)",
+    )
     p.set_defaults(fn=cmd_switch, accepts_extra=True)
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run an experiment's grid of points, sharing each pre-training: --gin_file=X.gin",
+        description="Expands methods × rates × learning rates × seeds × pre-training lengths into "
+        "a DAG of stage runs, runs every distinct stage 1 once, and skips finished points, so "
+        "rerunning the same command resumes the sweep.",
+    )
+    p.add_argument("--sweep_dir", help="where the points go (default: Sweep.sweep_dir in gin)")
+    p.add_argument("--parallel", type=int, default=1, help="points run at once as local processes")
+    p.add_argument(
+        "--emit",
+        action="store_true",
+        help="print each point's launch commands (in dependency order) instead of running them",
+    )
+    p.add_argument(
+        "--dry_run", action="store_true", help="list the points and their status; run nothing"
+    )
+    p.set_defaults(fn=cmd_sweep, accepts_extra=True)
+
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="tables, Pareto fronts and figures from runs' metrics.jsonl: ptjf report DIR...",
+    )
+    p.add_argument("dirs", nargs="+", help="sweep directories or MODEL_DIRs (searched below)")
+    p.add_argument("--out", help="where report.md, results.csv and figures go (default DIR/report)")
+    p.add_argument(
+        "--point",
+        choices=["final", "best"],
+        default="final",
+        help="each run's point on the front: its final eval, or each task's best (early stop)",
+    )
+    p.add_argument("--no_figures", action="store_true", help="tables only")
+    p.set_defaults(fn=cmd_report)
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -180,6 +263,8 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _rates_parser,
     _train_parser,
     _switch_parser,
+    _sweep_parser,
+    _report_parser,
     _demo_parser,
 ]
 

@@ -6,10 +6,14 @@ parameters, a fresh optimizer state for that stage's optimizer, step 0, and line
 parent checkpoint and step) in its metadata. Running `ptjf train` with the same gin files and
 `MODEL_DIR` then starts that stage from it. Parameters that do not fit the target model are
 refused before anything is written, naming the first mismatching path and both shapes.
+
+`copy_metrics` gives the new run its parent's eval history (the records up to the fork), so a
+point forked from a shared pre-training has a metrics.jsonl that covers its whole life.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 from ptjf import checkpoints as ckpt
@@ -17,6 +21,7 @@ from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
+from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
 from ptjf.training.trainer import abstract_params, plan_vocabulary
 
 
@@ -71,3 +76,28 @@ def switch(
         out.save(0, state, metadata, force=True)
         out.wait()
     return src_dir, src_step
+
+
+def copy_metrics(source_stage_dir: str, source_step: int, target_stage_dir: str) -> int:
+    """Copies the source run's eval records up to the fork into the target run's metrics.jsonl.
+
+    The source run is the stage directory's parent (its MODEL_DIR); records up to the source
+    checkpoint's global step are copied. Nothing is done when the target run already has
+    metrics (a rerun). Returns the number of records copied.
+    """
+    target_file = os.path.join(os.path.dirname(target_stage_dir.rstrip("/")), METRICS_FILE)
+    if os.path.exists(target_file) and os.path.getsize(target_file) > 0:
+        return 0
+    source_run = os.path.dirname(source_stage_dir.rstrip("/"))
+    if not os.path.isfile(os.path.join(source_run, METRICS_FILE)):
+        return 0
+    with ckpt.StageCheckpointer(source_stage_dir, read_only=True) as c:
+        limit = int(c.read_metadata(source_step).get("global_step", 0))
+    records = [r for r in read_metrics(source_run) if r.get("global_step", 0) <= limit]
+    os.makedirs(os.path.dirname(target_file), exist_ok=True)
+    tmp = target_file + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(to_json_value(record), allow_nan=False) + "\n")
+    os.replace(tmp, target_file)
+    return len(records)

@@ -115,7 +115,9 @@ class ScheduleConfig:
 
     Fields a schedule does not use are ignored: `warmup_steps` by `constant` and
     `constant_then_rsqrt`, `constant_steps` by all but `constant_then_rsqrt`, `end_lr` by all but
-    `warmup_cosine`.
+    `warmup_cosine`. decay_steps: the cosine's horizon when it is not the stage's own length —
+    the restart baseline's first stage is the first N1 steps of an N-step scalarization run, so
+    its cosine spans N steps (`decay_steps = N`) and is cut at N1.
     """
 
     name: str
@@ -123,6 +125,7 @@ class ScheduleConfig:
     warmup_steps: int = 0
     constant_steps: int = 10_000
     end_lr: float = 0.0
+    decay_steps: int | None = None
 
     def __post_init__(self):
         if self.name not in SCHEDULE_NAMES:
@@ -153,6 +156,16 @@ class ScheduleConfig:
             f"a learning rate in [0, peak_lr={self.peak_lr}]",
             "The paper decays to 0.",
         )
+        if self.decay_steps is not None:
+            _check(
+                isinstance(self.decay_steps, int)
+                and not isinstance(self.decay_steps, bool)
+                and self.decay_steps >= 1,
+                "decay_steps",
+                self.decay_steps,
+                "None (the stage's own steps) or an integer >= 1",
+                "Set it to the length of the run whose schedule the stage follows.",
+            )
         if self.name == "warmup_rsqrt":
             _check(
                 self.warmup_steps >= 1,
@@ -182,6 +195,8 @@ def make_schedule(config: ScheduleConfig, total_steps: int) -> optax.Schedule:
             f"total_steps = {total_steps!r} is invalid: expected the stage's number of training "
             "steps, an integer >= 1. Check the stage's `num_steps`."
         )
+    if config.decay_steps is not None:
+        total_steps = config.decay_steps
     if config.name in ("warmup_cosine", "warmup_rsqrt") and config.warmup_steps > total_steps:
         raise ConfigError(
             f"ScheduleConfig.warmup_steps = {config.warmup_steps} is invalid for a stage of "

@@ -211,12 +211,15 @@ def train(
     log_every: int = 50,
     checkpoint: ckpt.CheckpointConfig = _DEFAULT_CHECKPOINT,
     tensorboard: bool = True,
+    last_stage: str | None = None,
 ) -> RunSummary:
     """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
     eval_period / log_every: stage steps between evals / between host reads of the metrics.
     max_eval_examples: cap on each task's validation examples (None = all).
     train_eval_examples: size of the fixed training subset scored at each eval.
+    last_stage: stop after this stage (a sweep runs a shared pre-training this way, then forks
+        every joint fine-tune from its checkpoint with `ptjf switch`); None runs them all.
     """
     for name, value in (
         ("eval_period", eval_period),
@@ -226,6 +229,12 @@ def train(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.{name}={value!r} must be an integer >= 1.")
     lengths = data.check_lengths(task_feature_lengths)
+    names = [s.name for s in plan.stages]
+    if last_stage is not None and last_stage not in names:
+        raise ConfigError(
+            f"train.last_stage={last_stage!r} is not a stage of the plan; its stages are {names}."
+        )
+    stop = names.index(last_stage) if last_stage is not None else len(names) - 1
 
     # --- set-up: model, eval data, writers ----------------------------------------------
     config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
@@ -277,7 +286,7 @@ def train(
     latest = ckpt.find_latest(model_dir, [s.name for s in plan.stages])
     resume_index = latest[0] if latest else 0
     try:
-        for index, stage in enumerate(plan.stages):
+        for index, stage in enumerate(plan.stages[: stop + 1]):
             stage_dir = os.path.join(model_dir, stage.name)
             done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
             if index < resume_index or (done and done[-1] >= stage.steps):
@@ -289,7 +298,9 @@ def train(
             _train_stage(run, index)
     finally:
         writer.close()
-    return RunSummary(model_dir=model_dir, global_step=plan.total_steps, last_eval=run.last_eval)
+    return RunSummary(
+        model_dir=model_dir, global_step=plan.steps_before(stop + 1), last_eval=run.last_eval
+    )
 
 
 def _train_stage(run: _Run, index: int) -> None:
