@@ -381,3 +381,21 @@ def test_checkpoint_config_validation_and_gin():
     finally:
         gin.clear_config()
     assert (config.period, config.keep, config.async_save) == (250, 3, True)
+
+
+def test_keep_steps_are_always_saved_and_never_collected(tmp_path):
+    config = ck.CheckpointConfig(period=5, keep=1, async_save=False, keep_steps=(3,))
+    ckpt = ck.StageCheckpointer(tmp_path, config)
+    assert [ckpt.save(s, make_state(s), {}) for s in (1, 2, 3, 4, 5, 10)] == [
+        False,
+        False,
+        True,  # a fork point, off the period
+        False,
+        True,
+        True,
+    ]
+    ckpt.wait()
+    assert ckpt.all_steps() == [3, 10]  # keep=1 collected 5 but not the fork point
+    ckpt.close()
+    with pytest.raises(ConfigError, match="keep_steps"):
+        ck.CheckpointConfig(keep_steps=(-1,))

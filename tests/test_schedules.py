@@ -127,3 +127,14 @@ def test_gin_configurable():
     finally:
         gin.clear_config()
     assert config == ScheduleConfig("warmup_rsqrt", 0.01, warmup_steps=100)
+
+
+def test_decay_steps_follows_a_longer_run_and_is_cut_at_the_stage_end():
+    """The restart baseline's first stage: the first N1 steps of an N-step cosine."""
+    long_run = make_schedule(ScheduleConfig("warmup_cosine", 1.0, warmup_steps=2), 10)
+    prefix = make_schedule(ScheduleConfig("warmup_cosine", 1.0, warmup_steps=2, decay_steps=10), 6)
+    for step in range(7):
+        assert float(prefix(step)) == float(long_run(step))
+    assert float(prefix(6)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    with pytest.raises(ConfigError, match=r"ScheduleConfig\.decay_steps = 0"):
+        ScheduleConfig("warmup_cosine", 1.0, decay_steps=0)
