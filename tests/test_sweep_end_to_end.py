@@ -160,3 +160,19 @@ def test_unknown_method_from_gin_is_one_clear_message(tiny_sweep, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "ptfj" in err and "ptjf" in err and "Traceback" not in err
+
+
+def test_the_tiny_sweep_renders_its_report(tiny_sweep, capsys):
+    sweep_dir, *_ = tiny_sweep
+    out = sweep_dir.parent / "report"
+    assert cli.main(["report", str(sweep_dir), f"--out={out}"]) == 0
+    summary = capsys.readouterr().out
+    for method in ("ptjf", "scalarization", "restart"):
+        assert method in summary
+    text = (out / "report.md").read_text()
+    assert "## Pareto front per method" in text and "ptjf-r0.7-n4-lr0.003-s0" in text
+    for figure in ("fronts.png", "fronts_by_rate.png", "curves.png"):
+        data = (out / figure).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    rows = (out / "points.csv").read_text().splitlines()
+    assert len(rows) == 1 + 7  # header, 6 points and the shared pre-training
