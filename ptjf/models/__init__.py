@@ -1,5 +1,8 @@
 """The encoder–decoder Transformer: config and presets, modules, initialisation, decoding.
 
+Decoding: `greedy_decode` and `beam_search` (the paper's BLEU decoder, App. A.5), both over
+the decoder's key/value cache.
+
 `param_logical_axes` and `init_params` are what the trainer and the partitioning code call:
 the first gives, for every parameter, a `PartitionSpec` of logical axis names (mapped to mesh
 axes by rules elsewhere); the second gives a plain (unboxed) float32 parameter dict.
@@ -22,7 +25,14 @@ from ptjf.models.config import (
     preset,
     with_vocab_size,
 )
-from ptjf.models.decoding import greedy_decode, init_decoder_cache
+from ptjf.models.decoding import (
+    beam_search,
+    beam_search_loop,
+    gather_beams,
+    greedy_decode,
+    init_decoder_cache,
+    length_penalty,
+)
 from ptjf.models.layers import relative_position_bucket
 from ptjf.models.transformer import Decoder, Encoder, EncoderDecoder
 
@@ -33,10 +43,14 @@ __all__ = [
     "Encoder",
     "EncoderDecoder",
     "TransformerConfig",
+    "beam_search",
+    "beam_search_loop",
     "count_params",
+    "gather_beams",
     "greedy_decode",
     "init_decoder_cache",
     "init_params",
+    "length_penalty",
     "param_logical_axes",
     "preset",
     "relative_position_bucket",

@@ -3,8 +3,10 @@
 For each stage: build its optimizer and schedule, its state (fresh, resumed from its own
 latest checkpoint, or carried over through the stage switch), its batches, then run the jitted
 train step. Every `eval_period` steps each eval task is scored on validation and on a fixed
-training subset, and one record goes to `MODEL_DIR/metrics.jsonl` (+ TensorBoard). Checkpoints
-go to `MODEL_DIR/<stage name>/<stage step>`; rerunning the same command resumes from the latest
+training subset (with `eval_bleu`, each translation task also by corpus BLEU of its
+beam-searched validation outputs, paper App. A.5), and one record goes to
+`MODEL_DIR/metrics.jsonl` (+ TensorBoard). Checkpoints go to
+`MODEL_DIR/<stage name>/<stage step>`; rerunning the same command resumes from the latest
 checkpoint of the latest stage.
 
 The step loop never waits for the device except at log and eval points: metrics stay on the
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -34,6 +37,7 @@ from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig, init_params
 from ptjf.training import steps
+from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, model_features
 from ptjf.training.metrics_io import MetricsWriter, ProgressDisplay
 from ptjf.training.train_state import TrainState
@@ -143,6 +147,7 @@ class _Run:
     options: dict[str, Any]
     examples_seen: dict[str, int]
     tokens_seen: dict[str, int]
+    bleu: BleuEvaluator | None = None
     last_eval: dict[str, Any] | None = None
 
     def restore_counts(self, meta: Mapping[str, Any]) -> None:
@@ -171,6 +176,8 @@ class _Run:
             "tokens_seen": dict(self.tokens_seen),
             **self.evaluator.evaluate(state.params),
         }
+        if self.bleu is not None:
+            record["bleu"] = self.bleu.evaluate(state.params)
         if train_scalars:
             record["train"] = train_scalars
         self.writer.write_eval(record)
@@ -212,6 +219,10 @@ def train(
     checkpoint: ckpt.CheckpointConfig = _DEFAULT_CHECKPOINT,
     tensorboard: bool = True,
     last_stage: str | None = None,
+    eval_bleu: bool = False,
+    bleu_examples: int | None = None,
+    beam_size: int = 4,
+    bleu_alpha: float = 0.6,
 ) -> RunSummary:
     """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
@@ -220,11 +231,16 @@ def train(
     train_eval_examples: size of the fixed training subset scored at each eval.
     last_stage: stop after this stage (a sweep runs a shared pre-training this way, then forks
         every joint fine-tune from its checkpoint with `ptjf switch`); None runs them all.
+    eval_bleu: also score every translation eval task by corpus BLEU at each eval (record key
+        "bleu"; LM tasks are skipped): its first `bleu_examples` validation examples (None =
+        as many as `max_eval_examples`) beam-searched up to the targets length with
+        `beam_size` beams and GNMT length penalty `bleu_alpha` (paper App. A.5: 4 and 0.6).
     """
     for name, value in (
         ("eval_period", eval_period),
         ("log_every", log_every),
         ("batch_size", batch_size),
+        ("beam_size", beam_size),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.{name}={value!r} must be an integer >= 1.")
@@ -235,11 +251,12 @@ def train(
             f"train.last_stage={last_stage!r} is not a stage of the plan; its stages are {names}."
         )
     stop = names.index(last_stage) if last_stage is not None else len(names) - 1
+    eval_tasks = stg.plan_eval_tasks(plan)
+    bleu_languages = _bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
 
     # --- set-up: model, eval data, writers ----------------------------------------------
     config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
     apply_fn = make_apply_fn(EncoderDecoder(config))
-    eval_tasks = stg.plan_eval_tasks(plan)
     eval_bs = eval_batch_size or batch_size
     evaluator = Evaluator(
         steps.make_eval_step(apply_fn, num_tasks=1),
@@ -252,6 +269,17 @@ def train(
             for t in eval_tasks
         },
     )
+    bleu = None
+    if bleu_languages:
+        bleu = BleuEvaluator.for_tasks(
+            bleu_languages,
+            EncoderDecoder(config),
+            lengths,
+            batch_size=eval_bs,
+            max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
+            beam_size=beam_size,
+            alpha=bleu_alpha,
+        )
     writer = MetricsWriter(model_dir, tensorboard=tensorboard)
     # The run's whole configuration beside its results, as T5X keeps config.gin.
     with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
@@ -278,6 +306,7 @@ def train(
         ),
         examples_seen=dict.fromkeys(eval_tasks, 0),
         tokens_seen=dict.fromkeys(eval_tasks, 0),
+        bleu=bleu,
     )
 
     # --- the stages, resuming where the latest checkpoint is ----------------------------
@@ -301,6 +330,39 @@ def train(
     return RunSummary(
         model_dir=model_dir, global_step=plan.steps_before(stop + 1), last_eval=run.last_eval
     )
+
+
+def _bleu_tasks(
+    eval_bleu: bool, eval_tasks: list[str], bleu_examples: object, bleu_alpha: object
+) -> dict[str, str]:
+    """{task: target language} of the tasks BLEU scores; empty when BLEU is off."""
+    if not eval_bleu:
+        return {}
+    if bleu_examples is not None and (
+        isinstance(bleu_examples, bool) or not isinstance(bleu_examples, int) or bleu_examples < 1
+    ):
+        raise ConfigError(
+            f"train.bleu_examples={bleu_examples!r} must be an integer >= 1, or None for as "
+            "many as train.max_eval_examples."
+        )
+    if (
+        isinstance(bleu_alpha, bool)
+        or not isinstance(bleu_alpha, (int, float))
+        or not math.isfinite(bleu_alpha)
+        or bleu_alpha < 0
+    ):
+        raise ConfigError(
+            f"train.bleu_alpha={bleu_alpha!r} must be a finite number >= 0 (the length penalty "
+            "exponent; 0.6 in the paper, 0 for none)."
+        )
+    languages = translation_target_languages(eval_tasks)
+    if not languages:
+        raise ConfigError(
+            f"train.eval_bleu=True but no eval task is a translation task (eval tasks: "
+            f"{eval_tasks}); BLEU scores translations only. Set EVAL_BLEU = False, or evaluate "
+            "a translation task (Plan.eval_tasks)."
+        )
+    return languages
 
 
 def _train_stage(run: _Run, index: int) -> None:
