@@ -1,4 +1,4 @@
-"""The `ptjf` command: `ptjf rates | train | switch | sweep | report | demo`.
+"""The `ptjf` command: `ptjf rates | train | eval | switch | sweep | report | demo`.
 
 Each subcommand is a thin layer over a library function, so everything it does can also be
 done from Python. Errors that ptjf raises for bad input are printed as one clear message
@@ -122,6 +122,72 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ptjf import config as gin_config
+    from ptjf import evaluate
+
+    files, bindings, rest = gin_config.flags_to_gin(args.extra)
+    if rest:
+        raise PtjfError(
+            f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE)."
+        )
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.sweep_dir:
+        given = [
+            f
+            for f, v in (
+                ("--gin_file/--gin.", files or bindings),
+                ("--checkpoint", args.checkpoint),
+                ("--no_bleu", args.no_bleu),
+            )
+            if v
+        ]
+        if given:
+            raise PtjfError(
+                f"--sweep_dir scores each point with its own gin files and final checkpoint, "
+                f"BLEU included; drop {', '.join(given)}."
+            )
+        status = evaluate.evaluate_sweep(
+            args.sweep_dir, bleu_examples=args.bleu_examples, methods=methods
+        )
+        counts = {
+            s: sum(v.split(":")[0] == s for v in status.values())
+            for s in ("scored", "has bleu", "unfinished", "failed")
+        }
+        print(
+            f"ptjf eval: {counts['scored']} scored, {counts['has bleu']} already had BLEU, "
+            f"{counts['unfinished']} unfinished, {counts['failed']} failed "
+            f"(ptjf report {args.sweep_dir})"
+        )
+        return 1 if counts["failed"] else 0
+    if methods is not None:
+        raise PtjfError("--methods selects points of a sweep; use it with --sweep_dir.")
+    record = evaluate.evaluate_checkpoint(
+        files,
+        bindings,
+        checkpoint=args.checkpoint,
+        bleu=not args.no_bleu,
+        bleu_examples=args.bleu_examples,
+    )
+    bleu = record.get("bleu") or {}
+    rows = [
+        [
+            task,
+            f"{scores['loss']:.4f}",
+            f"{scores['accuracy']:.4f}",
+            f"{record['train_subset'][task]['loss']:.4f}",
+            f"{bleu[task]:.2f}" if task in bleu else "—",
+        ]
+        for task, scores in record["validation"].items()
+    ]
+    print(
+        f"ptjf eval: stage {record['stage']} step {record['stage_step']} "
+        f"(global step {record['global_step']}); record appended to metrics.jsonl"
+    )
+    print(_format_table(["task", "val loss", "val accuracy", "train loss", "BLEU"], rows))
+    return 0
+
+
 def cmd_switch(args: argparse.Namespace) -> int:
     from ptjf import checkpoints, stages, switch
     from ptjf import config as gin_config
@@ -189,6 +255,33 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         description="Runs the gin-configured plan. Rerunning the same command resumes it.",
     )
     p.set_defaults(fn=cmd_train, accepts_extra=True)
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a run's checkpoint after the run (losses and BLEU): --gin_file=... or "
+        "--sweep_dir=SWEEP",
+        description="Scores a checkpoint with the run's own gin files and bindings (as given to "
+        "`ptjf train`) and appends the record to MODEL_DIR/metrics.jsonl, where `ptjf report` "
+        "reads it. --sweep_dir scores every finished point of a sweep and skips points already "
+        "scored by BLEU, so rerunning it resumes.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        help="DIR/STEP, or a stage directory (its latest step); default: the latest checkpoint "
+        "of the run's last stage",
+    )
+    p.add_argument("--no_bleu", action="store_true", help="losses only (no beam search)")
+    p.add_argument(
+        "--bleu_examples",
+        type=int,
+        help="validation examples decoded per task (default: the run's train.bleu_examples, "
+        "else train.max_eval_examples)",
+    )
+    p.add_argument("--sweep_dir", help="score every finished point of this sweep")
+    p.add_argument("--methods", help="with --sweep_dir: only these methods, e.g. ptjf,restart")
+    p.set_defaults(fn=cmd_eval, accepts_extra=True)
 
 
 def _switch_parser(sub: argparse._SubParsersAction) -> None:
@@ -262,6 +355,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _rates_parser,
     _train_parser,
+    _eval_parser,
     _switch_parser,
     _sweep_parser,
     _report_parser,

@@ -11,6 +11,14 @@ Over all points the front is {scalarization r0.2, restart r0.2, and the 3 finite
 scalarization r0.8 overfits: its best lo loss (2.4 at step 100) is below its final one.
 scalarization r0.5 was resumed: step 100 appears twice (2.9 first, 2.55 after the resume).
 restart r0.8's file ends in a line cut mid-write. Training-subset losses are validation − 0.5.
+
+`add_bleu` appends validation BLEU (hi, lo) at each run's final eval, as `ptjf eval` does
+(larger is better; restart and the diverged ptjf r0.8 are not scored):
+
+    scalarization  r0.2 (30, 10)   r0.5 (25, 15)   r0.8 (20, 14)         → front {r0.2, r0.5}
+    ptjf           r0.2 (29, 16)   r0.5 (28, 18)   r0.5-n200 (27, 17)    → front {r0.2, r0.5}
+
+scalarization r0.8 also has BLEU (15, 21) at step 100: its best lo BLEU, above every final one.
 """
 
 from __future__ import annotations
@@ -211,3 +219,31 @@ def write_sweep(root) -> str:
         info = _info(name, "point", method, rate, n1)
         write_run(os.path.join(sweep, "points", name), history, info, tail=tail)
     return sweep
+
+
+BLEU = {
+    "scalarization-r0.2": (30.0, 10.0),
+    "scalarization-r0.5": (25.0, 15.0),
+    "scalarization-r0.8": (20.0, 14.0),
+    "ptjf-r0.2": (29.0, 16.0),
+    "ptjf-r0.5": (28.0, 18.0),
+    "ptjf-r0.5-n200": (27.0, 17.0),
+}
+BLEU_FRONT = {
+    "scalarization": {"scalarization-r0.2", "scalarization-r0.5"},
+    "ptjf": {"ptjf-r0.2", "ptjf-r0.5"},
+}
+
+
+def _append_bleu(directory, history_row, hi: float, lo: float) -> None:
+    r = record(*history_row) | {"bleu": {"hi": hi, "lo": lo}, "posthoc": True}
+    with open(os.path.join(directory, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(r) + "\n")
+
+
+def add_bleu(sweep) -> None:
+    """Appends the BLEU records of the module docstring to `write_sweep`'s points."""
+    for name, (hi, lo) in BLEU.items():
+        _append_bleu(os.path.join(sweep, "points", name), POINTS[name][3][-1], hi, lo)
+    overfit = POINTS["scalarization-r0.8"][3][1]  # step 100
+    _append_bleu(os.path.join(sweep, "points", "scalarization-r0.8"), overfit, 15.0, 21.0)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import warnings
 
 import pytest
-from fake_runs import write_run, write_sweep
+from fake_runs import BLEU, BLEU_FRONT, add_bleu, write_run, write_sweep
 
-from ptjf.experiments import plots
+from ptjf.experiments import plots, plots_bleu
 from ptjf.experiments.results import load_runs, task_roles
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -183,3 +184,36 @@ def test_efficiency_skips_a_task_no_best_run_saw(tmp_path):
     runs, roles = _load(tmp_path / "r")
     with pytest.raises(plots.NoData, match="no best run saw any lo example"):
         plots.plot_efficiency(runs, roles, "lo", str(tmp_path / "e.png"))
+
+
+def test_bleu_fronts_are_the_non_dominated_points_by_larger_bleu(tmp_path):
+    sweep = write_sweep(tmp_path)
+    add_bleu(sweep)
+    runs, _ = _load(sweep)
+    for method, members in BLEU_FRONT.items():
+        scored = [r for r in runs if r.method == method and r.name in BLEU]
+        points = [tuple(plots_bleu.run_bleu(r, ["hi", "lo"])) for r in scored]
+        assert sorted(points) == sorted(BLEU[r.name] for r in scored)  # final evals' BLEU
+        front = plots_bleu.bleu_front(points)
+        assert front == sorted((BLEU[name] for name in members), reverse=True)
+    # restart has no BLEU; the diverged ptjf point neither
+    restart = next(r for r in runs if r.name == "restart-r0.2")
+    assert all(math.isnan(x) for x in plots_bleu.run_bleu(restart, ["hi", "lo"]))
+    step, bleu = plots_bleu.bleu_at(restart, "lo")
+    assert step is None and math.isnan(bleu)
+    overfit = next(r for r in runs if r.name == "scalarization-r0.8")
+    assert plots_bleu.bleu_at(overfit, "lo") == (200, 14.0)
+    assert plots_bleu.bleu_at(overfit, "lo", "best") == (100, 21.0)
+
+
+def test_bleu_fronts_figure_drawn_when_runs_have_bleu(tmp_path):
+    sweep = write_sweep(tmp_path)
+    runs, roles = _load(sweep)
+    out = tmp_path / "figs"
+    skipped = _by_file(plots.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
+    assert skipped.path is None and skipped.skipped == plots_bleu.NO_BLEU
+    add_bleu(sweep)
+    runs, roles = _load(sweep)
+    drawn = _by_file(plots.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
+    assert drawn.path == str(out / "fronts_bleu.png")
+    assert _png_size(out / "fronts_bleu.png") == (440, 390)  # one panel: validation BLEU of lo

@@ -7,7 +7,7 @@ import os
 import warnings
 
 import pytest
-from fake_runs import FRONT, OVERALL_FRONT, POINTS, write_run, write_sweep
+from fake_runs import BLEU, FRONT, OVERALL_FRONT, POINTS, add_bleu, write_run, write_sweep
 
 from ptjf import cli
 from ptjf.errors import DataError
@@ -207,3 +207,80 @@ def test_cli_report_error_exits_2(tmp_path, capsys):
     status = cli.main(["report", str(tmp_path)])
     assert status == 2
     assert "ptjf report: error: No runs found" in capsys.readouterr().err
+
+
+# --- BLEU -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bleu_sweep(tmp_path):
+    sweep = write_sweep(tmp_path)
+    add_bleu(sweep)
+    return sweep
+
+
+def test_best_bleu_per_method_table(bleu_sweep, tmp_path):
+    out = tmp_path / "out"
+    summary = _quiet(report.write_report, [bleu_sweep], out, figures=False)
+    md = (out / "report.md").read_text()
+    table = md.split("## Best BLEU per method")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| lo ")]
+    assert rows == [
+        "| lo | ptjf | ptjf-r0.5 | 0.5 | 100 | 18.00 | 200 | 28.00 |",
+        "| lo | scalarization | scalarization-r0.5 | 0.5 | — | 15.00 | 200 | 25.00 |",
+        "| lo | restart | (no BLEU) | — | — | — | — | — |",
+    ]
+    assert "| task | method | run | rate | N1 | BLEU | step | BLEU hi |" in table
+    # The loss tables are unchanged: the post-hoc records carry the trainer's losses.
+    best = md.split("## Best low-resource validation loss per method")[1].split("##")[0]
+    assert "| lo | ptjf | ptjf-r0.5 | 0.5 | 100 | 2.3000 | 200 | 2.2000 |" in best
+    lines = summary.splitlines()
+    start = lines.index("Best low-resource BLEU per method:")
+    assert lines[start + 3].split() == [
+        "lo",
+        "ptjf",
+        "ptjf-r0.5",
+        "0.5",
+        "100",
+        "18.00",
+        "200",
+        "28.00",
+    ]
+    points = {r["run"]: r for r in _read_csv(out / "points.csv")}
+    assert (points["ptjf-r0.5"]["bleu/hi"], points["ptjf-r0.5"]["bleu/lo"]) == ("28.0", "18.0")
+    assert points["restart-r0.2"]["bleu/lo"] == "nan"
+    assert len([r for r in points.values() if r["bleu/lo"] != "nan"]) == len(BLEU)
+    results = _read_csv(out / "results.csv")
+    scored = [r for r in results if r["bleu"] and r["task"] == "lo" and r["split"] == "validation"]
+    assert {(r["run"], r["global_step"], r["bleu"]) for r in scored} >= {
+        ("ptjf-r0.5", "200", "18.0"),
+        ("scalarization-r0.8", "100", "21.0"),
+    }
+
+
+def test_best_bleu_with_point_best_takes_each_tasks_best_eval(bleu_sweep, tmp_path):
+    out = tmp_path / "best"
+    _quiet(report.write_report, [bleu_sweep], out, point="best", figures=False)
+    table = (out / "report.md").read_text().split("## Best BLEU per method")[1]
+    # scalarization r0.8 scored 21 on lo at step 100, above every run's final BLEU
+    assert "| lo | scalarization | scalarization-r0.8 | 0.8 | — | 21.00 | 100 | 20.00 |" in table
+
+
+def test_without_bleu_there_is_no_bleu_table_and_the_figure_is_not_drawn(sweep, tmp_path):
+    out = tmp_path / "out"
+    summary = _quiet(report.write_report, [sweep], out)
+    md = (out / "report.md").read_text()
+    assert "## Best BLEU per method" not in md
+    assert "BLEU" not in summary
+    assert "- `fronts_bleu.png`: no run has BLEU scores (score final checkpoints with" in md
+    assert not (out / "fronts_bleu.png").exists()
+    assert "bleu/lo" not in _read_csv(out / "points.csv")[0]
+
+
+def test_report_draws_the_bleu_fronts(bleu_sweep, tmp_path):
+    out = tmp_path / "out"
+    _quiet(report.write_report, [bleu_sweep], out)
+    md = (out / "report.md").read_text()
+    assert "![BLEU trade-off fronts per method](fronts_bleu.png)" in md
+    data = (out / "fronts_bleu.png").read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000

@@ -9,7 +9,8 @@ Conventions follow the paper: trade-off fronts put the high-resource task's loss
 low-resource task's on y, validation left and training right (Fig. 1-2, 10-13), with the
 restart baseline's points bordered in black; rates as colours (Fig. 14-19); examples seen vs
 loss on log-log axes for each method's best run (Fig. 3, 20-25); transfer learning's forgetting
-(Fig. 6); best loss vs pre-training length (Fig. 9).
+(Fig. 6); best loss vs pre-training length (Fig. 9). BLEU fronts (App. A.5) are drawn by
+`ptjf.experiments.plots_bleu`.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ def safe_name(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
 
 
-def _figure(nrows: int, ncols: int) -> tuple[Figure, list[list]]:
+def new_figure(nrows: int, ncols: int) -> tuple[Figure, list[list]]:
+    """A figure of nrows × ncols panels of the report's size, without pyplot."""
     # Constrained layout places titles, legends and colorbars without overlaps.
     fig = Figure(
         figsize=(_PANEL[0] * ncols, _PANEL[1] * nrows + 0.5), dpi=_DPI, layout="constrained"
@@ -102,12 +104,14 @@ def _figure(nrows: int, ncols: int) -> tuple[Figure, list[list]]:
     return fig, [list(row) for row in axes]
 
 
-def _save(fig: Figure, path: str) -> str:
+def save_figure(fig: Figure, path: str) -> str:
+    """Writes the figure at the report's resolution; returns `path`."""
     fig.savefig(path, dpi=_DPI)
     return path
 
 
-def _high_label(roles: Roles) -> str:
+def high_label(roles: Roles) -> str:
+    """The x axis's task: the high-resource task, or the mean of several."""
     if len(roles.high) == 1:
         return roles.high[0]
     return "mean of " + ", ".join(roles.high)
@@ -143,7 +147,7 @@ def plot_fronts(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
     _needs_two_roles(roles)
     names = methods(runs)
     styles = method_styles(names)
-    fig, axes = _figure(len(roles.low), len(SPLITS))
+    fig, axes = new_figure(len(roles.low), len(SPLITS))
     drawn = 0
     for row, low in enumerate(roles.low):
         for col, split in enumerate(SPLITS):
@@ -160,14 +164,14 @@ def plot_fronts(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
                 curve = front_curve(pts)
                 ax.plot(*zip(*curve, strict=True), color=color, linewidth=1.2, alpha=0.8)
             ax.set_title(f"{_SPLIT_LABEL[split]}: {low}", fontsize=9)
-            ax.set_xlabel(f"{_SPLIT_LABEL[split]} loss, {_high_label(roles)}", fontsize=8)
+            ax.set_xlabel(f"{_SPLIT_LABEL[split]} loss, {high_label(roles)}", fontsize=8)
             ax.set_ylabel(f"{_SPLIT_LABEL[split]} loss, {low}", fontsize=8)
             if ax.collections:
                 ax.legend(fontsize=7)
     if not drawn:
         raise NoData("no run has finite losses on both the high- and the low-resource task")
     fig.suptitle(f"Trade-off fronts per method ({_point_label(point)})", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_fronts_by_rate(
@@ -188,7 +192,7 @@ def plot_fronts_by_rate(
         raise NoData("no point has a sampling rate for a low-resource task (point.json low_rate)")
     norm = colors.Normalize(min(rates), max(rates) if max(rates) > min(rates) else min(rates) + 1)
     cmap = colormaps["viridis"]
-    fig, axes = _figure(len(roles.low), len(SPLITS))
+    fig, axes = new_figure(len(roles.low), len(SPLITS))
     drawn = 0
     for row, low in enumerate(roles.low):
         for col, split in enumerate(SPLITS):
@@ -205,7 +209,7 @@ def plot_fronts_by_rate(
                     ax.scatter([x], [y], color=face, marker=marker, s=36, edgecolors=edge)
                     drawn += 1
             ax.set_title(f"{_SPLIT_LABEL[split]}: {low}", fontsize=9)
-            ax.set_xlabel(f"{_SPLIT_LABEL[split]} loss, {_high_label(roles)}", fontsize=8)
+            ax.set_xlabel(f"{_SPLIT_LABEL[split]} loss, {high_label(roles)}", fontsize=8)
             ax.set_ylabel(f"{_SPLIT_LABEL[split]} loss, {low}", fontsize=8)
             handles = [
                 Line2D([], [], linestyle="", marker=styles[m][1], color="gray", label=m)
@@ -221,7 +225,7 @@ def plot_fronts_by_rate(
     fig.suptitle(
         f"Trade-off points by low-resource sampling rate ({_point_label(point)})", fontsize=10
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _no_rate_handle() -> Line2D:
@@ -239,7 +243,7 @@ def plot_efficiency(
     if not best:
         raise NoData("no method has a run with finite low-resource validation losses")
     styles = method_styles(list(best))
-    fig, [[ax]] = _figure(1, 1)
+    fig, [[ax]] = new_figure(1, 1)
     for m, run in best.items():
         pts = [(x, y) for x, y in _seen_vs_loss(run, task) if x > 0 and _finite(y) and y > 0]
         if pts:
@@ -258,7 +262,7 @@ def plot_efficiency(
     ax.set_ylabel(f"validation loss, {task}", fontsize=8)
     ax.set_title(f"Data efficiency on {task}\n(each method's best low-resource run)", fontsize=9)
     ax.legend(fontsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _seen_vs_loss(run: Run, task: str) -> list[tuple[float, float]]:
@@ -294,7 +298,7 @@ def plot_transfer(runs: Sequence[Run], roles: Roles, path: str, *, point: str = 
     if not any(m == "transfer" for m, _ in chosen):
         raise NoData("every transfer point diverged (no finite low-resource validation loss)")
     styles = method_styles([m for m, _ in chosen])
-    fig, axes = _figure(1, len(roles.tasks))
+    fig, axes = new_figure(1, len(roles.tasks))
     for ax, task in zip(axes[0], roles.tasks, strict=True):
         for m, run in chosen:
             _loss_curves(ax, run, task, "validation", color=styles[m][0], label=f"{m}: {run.name}")
@@ -307,7 +311,7 @@ def plot_transfer(runs: Sequence[Run], roles: Roles, path: str, *, point: str = 
         ax.set_ylabel("validation loss", fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle("Fine-tuning on the low-resource task alone vs joint fine-tuning", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pretrain_length(
@@ -326,7 +330,7 @@ def plot_pretrain_length(
             f"PTJF points with finite losses have {len(lengths)} distinct pre-training "
             "length(s); the figure needs 2 or more (Sweep.pretrain_steps)"
         )
-    fig, axes = _figure(1, len(roles.tasks))
+    fig, axes = new_figure(1, len(roles.tasks))
     for ax, task in zip(axes[0], roles.tasks, strict=True):
         pts = []
         for n1 in lengths:
@@ -343,7 +347,7 @@ def plot_pretrain_length(
         ax.set_xlabel("pre-training steps", fontsize=8)
         ax.set_ylabel("best validation loss over rates", fontsize=8)
     fig.suptitle(f"PTJF: pre-training length vs best loss ({_point_label(point)})", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "final") -> str:
@@ -354,7 +358,7 @@ def plot_curves(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
     if not chosen or not roles.tasks:
         raise NoData("no run has an eval record")
     styles = method_styles(list(dict.fromkeys(r.method for r in chosen)))
-    fig, axes = _figure(len(SPLITS), len(roles.tasks))
+    fig, axes = new_figure(len(SPLITS), len(roles.tasks))
     for row, split in enumerate(SPLITS):
         for col, task in enumerate(roles.tasks):
             ax = axes[row][col]
@@ -370,7 +374,7 @@ def plot_curves(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
     fig.suptitle(
         "Loss curves of every run (overfitting shows as a rising validation loss)", fontsize=10
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --- all of them ------------------------------------------------------------------------------
@@ -392,6 +396,10 @@ def draw_figures(
             lambda p: plot_fronts_by_rate(runs, roles, p, point=point),
         ),
     ]
+    # Imported here: plots_bleu builds on this module's helpers.
+    from ptjf.experiments.plots_bleu import bleu_figure_job
+
+    jobs.append(bleu_figure_job(runs, roles, point=point))
     for task in roles.tasks:
         jobs.append(
             (

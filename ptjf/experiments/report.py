@@ -7,7 +7,9 @@ Writes into OUT (default `<first DIR>/report`):
   examples and tokens seen, and whether the run is on its method's front and on the front of
   all points.
 * `report.md`: the fronts, each method's best low-resource run, what that run saw, notes on
-  broken, unfinished or diverged runs, and the figures (`ptjf.experiments.plots`).
+  broken, unfinished or diverged runs, and the figures (`ptjf.experiments.plots`). When evals
+  carry BLEU (EVAL_BLEU = True, or `ptjf eval` on final checkpoints), also each method's best
+  low-resource BLEU and the BLEU fronts (`ptjf.experiments.plots_bleu`).
 
 A run's *point* is its final eval (the paper's convention: "each point corresponds to the final
 performance of a model") or, with `--point best`, each task's best eval (early stopping per
@@ -24,6 +26,7 @@ from typing import Any
 
 from ptjf.errors import DataError
 from ptjf.experiments import plots
+from ptjf.experiments.plots_bleu import bleu_at, has_bleu, run_bleu
 from ptjf.experiments.results import (
     TABLE_COLUMNS,
     Roles,
@@ -54,6 +57,7 @@ def points_table(runs: Sequence[Run], roles: Roles, point: str = "final") -> lis
     tasks = roles.tasks
     on_method_front = front_flags(runs, tasks, point)
     on_front = front_flags(runs, tasks, point, by_method=False)
+    with_bleu = has_bleu(runs)
     rows = []
     for run, mine, overall in zip(runs, on_method_front, on_front, strict=True):
         info = run.info
@@ -82,6 +86,9 @@ def points_table(runs: Sequence[Run], roles: Roles, point: str = "final") -> lis
             seen = final_seen(run, what)
             for task in tasks:
                 row[f"{what}/{task}"] = seen.get(task)
+        if with_bleu:
+            for task, value in zip(tasks, run_bleu(run, tasks, point), strict=True):
+                row[f"bleu/{task}"] = value
         row["on_front"] = mine
         row["on_overall_front"] = overall
         rows.append(row)
@@ -129,6 +136,40 @@ def _step_of(run: Run, task: str, point: str) -> int | None:
     if point == "best":
         return min(losses, key=lambda sy: sy[1])[0]
     return split_losses(run, "validation", task)[-1][0]
+
+
+def best_bleu_rows(runs: Sequence[Run], roles: Roles, point: str = "final") -> list[dict]:
+    """Per low-resource task and method: the run with the highest validation BLEU on the task.
+
+    A method none of whose runs has BLEU on the task gets a row with run None (not scored yet:
+    `ptjf eval --sweep_dir` scores final checkpoints).
+    """
+    rows = []
+    for low in roles.low or roles.tasks:
+        for method in methods(runs):
+            candidates = []
+            for run in points_of(runs, method):
+                step, bleu = bleu_at(run, low, point)
+                if not math.isnan(bleu):
+                    candidates.append((bleu, step, run))
+            if not candidates:
+                rows.append({"task": low, "method": method, "run": None, "bleu": math.nan})
+                continue
+            bleu, step, run = max(candidates, key=lambda c: c[0])
+            highs = run_bleu(run, roles.high, point)
+            rows.append(
+                {
+                    "task": low,
+                    "method": method,
+                    "run": run.name,
+                    "rate": run.task_rate(low),
+                    "pretrain_steps": run.info.get("pretrain_steps"),
+                    "bleu": bleu,
+                    "step": step,
+                    "high_bleu": dict(zip(roles.high, highs, strict=True)),
+                }
+            )
+    return rows
 
 
 # --- formatting -------------------------------------------------------------------------------
@@ -198,6 +239,32 @@ def _best_low_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], l
                 _num(r["step"]),
             ]
             + [_num(r["high_losses"].get(t)) for t in high]
+        )
+    return header, body
+
+
+def _best_bleu_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], list[list]]:
+    """Header and cells of the best-low-resource-BLEU table."""
+    high = list(roles.high) if roles.low else []
+    header = ["task", "method", "run", "rate", "N1", "BLEU", "step"]
+    header += [f"BLEU {t}" for t in high]
+    body = []
+    for r in rows:
+        if r["run"] is None:
+            body.append([r["task"], r["method"], "(no BLEU)", "—", "—", "—", "—"])
+            body[-1] += ["—"] * len(high)
+            continue
+        body.append(
+            [
+                r["task"],
+                r["method"],
+                r["run"],
+                _rate(r["rate"]),
+                _num(r["pretrain_steps"]),
+                _num(r["bleu"], 2),
+                _num(r["step"]),
+            ]
+            + [_num(r["high_bleu"].get(t), 2) for t in high]
         )
     return header, body
 
@@ -328,9 +395,21 @@ def render_markdown(
         "",
         _seen_markdown(usable, roles, point),
         "",
-        "## Figures",
-        "",
     ]
+    if has_bleu(usable):
+        header, body = _best_bleu_table(best_bleu_rows(usable, roles, point), roles)
+        lines += [
+            "## Best BLEU per method",
+            "",
+            "Validation corpus BLEU (beam search, sacrebleu) at each run's "
+            + ("last eval with BLEU" if point == "final" else "best BLEU eval per task")
+            + "; the run with the highest low-resource BLEU per method. `ptjf eval "
+            "--sweep_dir` scores the final checkpoints of a sweep trained without BLEU.",
+            "",
+            markdown_table(header, body),
+            "",
+        ]
+    lines += ["## Figures", ""]
     if figures is None:
         lines.append("Not drawn (`--no_figures`).")
     for fig in figures or ():
@@ -419,6 +498,9 @@ def _summary(
         "",
         f"Report: {report_path} ({len(runs)} runs; results.csv, points.csv, {n_figs} figures).",
     ]
+    if has_bleu(usable):
+        header, body = _best_bleu_table(best_bleu_rows(usable, roles, point), roles)
+        lines[2:2] = ["", "Best low-resource BLEU per method:", text_table(header, body, left=3)]
     broken = sum(len(r.broken_lines) for r in runs)
     if broken:
         lines.append(f"Skipped {broken} broken metrics line(s); report.md names them.")

@@ -92,6 +92,58 @@ def plan_vocabulary(plan: stg.Plan):
     return first
 
 
+def model_config(plan: stg.Plan) -> TransformerConfig:
+    """The gin-configured model, its embedding sized for the plan's one vocabulary."""
+    return TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+
+
+def build_evaluators(
+    plan: stg.Plan,
+    config: TransformerConfig,
+    lengths: Mapping[str, int],
+    *,
+    batch_size: int,
+    max_eval_examples: int | None,
+    train_eval_examples: int,
+    bleu_languages: Mapping[str, str] | None = None,
+    bleu_examples: int | None = None,
+    beam_size: int = 4,
+    bleu_alpha: float = 0.6,
+) -> tuple[Evaluator, BleuEvaluator | None]:
+    """The run's evaluators: losses of every eval task, and BLEU of `bleu_languages`' tasks.
+
+    One function for the trainer and `ptjf eval`, so a checkpoint scored after the run reads
+    exactly the batches and examples the run's own evals read.
+    """
+    eval_tasks = stg.plan_eval_tasks(plan)
+    apply_fn = make_apply_fn(EncoderDecoder(config))
+    evaluator = Evaluator(
+        steps.make_eval_step(apply_fn, num_tasks=1),
+        {
+            t: data.eval_batches(
+                t, "validation", lengths, batch_size, max_examples=max_eval_examples
+            )
+            for t in eval_tasks
+        },
+        {
+            t: data.eval_batches(t, "train", lengths, batch_size, max_examples=train_eval_examples)
+            for t in eval_tasks
+        },
+    )
+    bleu = None
+    if bleu_languages:
+        bleu = BleuEvaluator.for_tasks(
+            bleu_languages,
+            EncoderDecoder(config),
+            lengths,
+            batch_size=batch_size,
+            max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
+            beam_size=beam_size,
+            alpha=bleu_alpha,
+        )
+    return evaluator, bleu
+
+
 def abstract_params(config: TransformerConfig):
     """Shapes and dtypes of the model's parameters, without allocating them (restore targets)."""
     return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
@@ -252,34 +304,23 @@ def train(
         )
     stop = names.index(last_stage) if last_stage is not None else len(names) - 1
     eval_tasks = stg.plan_eval_tasks(plan)
-    bleu_languages = _bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
+    bleu_languages = bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
 
     # --- set-up: model, eval data, writers ----------------------------------------------
-    config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+    config = model_config(plan)
     apply_fn = make_apply_fn(EncoderDecoder(config))
-    eval_bs = eval_batch_size or batch_size
-    evaluator = Evaluator(
-        steps.make_eval_step(apply_fn, num_tasks=1),
-        {
-            t: data.eval_batches(t, "validation", lengths, eval_bs, max_examples=max_eval_examples)
-            for t in eval_tasks
-        },
-        {
-            t: data.eval_batches(t, "train", lengths, eval_bs, max_examples=train_eval_examples)
-            for t in eval_tasks
-        },
+    evaluator, bleu = build_evaluators(
+        plan,
+        config,
+        lengths,
+        batch_size=eval_batch_size or batch_size,
+        max_eval_examples=max_eval_examples,
+        train_eval_examples=train_eval_examples,
+        bleu_languages=bleu_languages,
+        bleu_examples=bleu_examples,
+        beam_size=beam_size,
+        bleu_alpha=bleu_alpha,
     )
-    bleu = None
-    if bleu_languages:
-        bleu = BleuEvaluator.for_tasks(
-            bleu_languages,
-            EncoderDecoder(config),
-            lengths,
-            batch_size=eval_bs,
-            max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
-            beam_size=beam_size,
-            alpha=bleu_alpha,
-        )
     writer = MetricsWriter(model_dir, tensorboard=tensorboard)
     # The run's whole configuration beside its results, as T5X keeps config.gin.
     with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
@@ -332,7 +373,7 @@ def train(
     )
 
 
-def _bleu_tasks(
+def bleu_tasks(
     eval_bleu: bool, eval_tasks: list[str], bleu_examples: object, bleu_alpha: object
 ) -> dict[str, str]:
     """{task: target language} of the tasks BLEU scores; empty when BLEU is off."""
