@@ -1,16 +1,20 @@
 """SeqIO registrations for ptjf (installed as `ptjf.tasks`).
 
-Importing this package registers the embedded Bible tasks and mixtures (no data is read until
-a task is used) and exposes the functions to register your own.
+Importing this package registers the embedded Bible tasks and mixtures, the WMT problems
+(`ptjf.tasks.wmt`) and the mC4 languages (`ptjf.tasks.mc4`) — no data is read until a task is
+used — and exposes the functions to register your own.
 """
 
-from . import bible  # noqa: F401  (registers the embedded tasks)
+# Importing the modules registers their tasks: bible's embedded data, WMT and mC4 over TFDS.
+from . import bible, mc4, wmt  # noqa: F401
 from .registration import (
     MixtureSpec,
     TaskInfo,
+    TfdsSource,
     derive_mixture,
     get_task_or_mixture,
     make_lm_task,
+    make_span_corruption_task,
     make_translation_task,
     mixture_rates,
     mixture_spec,
@@ -20,14 +24,17 @@ from .registration import (
     register_translation_task,
     task_info,
     task_size,
+    tfds_data_dir,
 )
 
 __all__ = [
     "MixtureSpec",
     "TaskInfo",
+    "TfdsSource",
     "derive_mixture",
     "get_task_or_mixture",
     "make_lm_task",
+    "make_span_corruption_task",
     "make_translation_task",
     "mixture_rates",
     "mixture_spec",
@@ -37,4 +44,5 @@ __all__ = [
     "register_translation_task",
     "task_info",
     "task_size",
+    "tfds_data_dir",
 ]

@@ -26,6 +26,12 @@ from ptjf import sampling
 from ptjf.data import preprocessors as prep
 from ptjf.data.sources import InMemorySource, LoadFn, read_jsonl, read_text, read_tsv
 from ptjf.data.splits import SPLITS, SplitSpec, split_of, subsample
+from ptjf.data.tfds_source import (  # noqa: F401  (re-exported: ptjf.tasks' TFDS helpers)
+    TFDS_DATA_DIR_MACRO,
+    TfdsSource,
+    check_tfds_prepared,
+    tfds_data_dir,
+)
 from ptjf.data.vocabularies import CachedSentencePieceVocabulary, VocabularySpec
 from ptjf.errors import ConfigError, DataError, RatesError, UnknownNameError
 
@@ -157,30 +163,43 @@ def _add_task(
     *,
     kind: str,
     languages: tuple[str, ...],
-    loader: LoadFn,
+    loader: LoadFn | None = None,
+    source: seqio.DataSource | None = None,
     text_fn: TextFn,
     fingerprint: str,
     task_preprocessors: list[Callable[..., Any]],
+    token_preprocessors: Sequence[Callable[..., Any]] = (),
     problem: str | None,
     vocabulary: seqio.Vocabulary | None,
     vocab_size: int,
+    vocab_sentences: int | None = None,
     train_size: int | None,
     description: str,
     overwrite: bool,
 ) -> seqio.Task:
+    """Registers a task over `source` (or an in-memory source over `loader`).
+
+    `token_preprocessors` run on token ids, between tokenizing and appending EOS (where span
+    corruption goes); `vocab_sentences` caps the problem's vocabulary corpus.
+    """
+    if (loader is None) == (source is None):
+        raise ConfigError(f"Task {name!r}: give exactly one of loader= and source=.")
     with _LOCK:
         _remove_existing(name, overwrite)
         if vocabulary is None:
+            vocab_kw = {"max_sentences": vocab_sentences} if vocab_sentences else {}
             vocabulary = _join_problem(
-                problem or name, name, text_fn, fingerprint, vocab_size=vocab_size
+                problem or name, name, text_fn, fingerprint, vocab_size=vocab_size, **vocab_kw
             )
-        source = InMemorySource(loader, SPLITS, description=f"task {name!r} ({description})")
+        if source is None:
+            source = InMemorySource(loader, SPLITS, description=f"task {name!r} ({description})")
         task = seqio.TaskRegistry.add(
             name,
             source=source,
             preprocessors=[
                 *task_preprocessors,
                 seqio.preprocessors.tokenize,
+                *token_preprocessors,
                 seqio.preprocessors.append_eos_after_trim,
             ],
             output_features=output_features(vocabulary),
@@ -342,19 +361,32 @@ def register_lm_task(
 
 
 def make_translation_task(
-    name: str, *, source_language: str, target_language: str, **kw: Any
+    name: str,
+    *,
+    source_language: str,
+    target_language: str,
+    key_map: Mapping[str, str] | None = None,
+    **kw: Any,
 ) -> seqio.Task:
-    """Registers a translation task from a loader of {source, target} examples per split."""
+    """Registers a translation task from a loader (or `source=`) of {source, target} examples.
+
+    `key_map` renames the source's features first, e.g. {"source": "en", "target": "ro"} for
+    TFDS's WMT examples, which are keyed by language.
+    """
+    rename = (
+        [functools.partial(seqio.preprocessors.rekey, key_map=dict(key_map))] if key_map else []
+    )
     return _add_task(
         name,
         kind="translation",
         languages=(source_language, target_language),
         task_preprocessors=[
+            *rename,
             functools.partial(
                 prep.format_translation,
                 source_language=source_language,
                 target_language=target_language,
-            )
+            ),
         ],
         **kw,
     )
@@ -367,6 +399,59 @@ def make_lm_task(name: str, *, language: str, **kw: Any) -> seqio.Task:
         kind="lm",
         languages=(language,),
         task_preprocessors=[prep.drop_short_texts, prep.prefix_lm],
+        **kw,
+    )
+
+
+def _span_corruption(
+    dataset: Any,
+    sequence_length: Mapping[str, int],
+    output_features: Mapping[str, seqio.Feature],
+    *,
+    noise_density: float,
+    mean_noise_span_length: float,
+) -> Any:
+    # Imported when a dataset is built, not when tasks are registered.
+    from ptjf.data.span_corruption import span_corruption
+
+    return span_corruption(
+        dataset,
+        sequence_length,
+        output_features,
+        noise_density=noise_density,
+        mean_noise_span_length=mean_noise_span_length,
+    )
+
+
+def make_span_corruption_task(
+    name: str,
+    *,
+    language: str,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+    **kw: Any,
+) -> seqio.Task:
+    """Registers a T5 span-corruption LM task from a loader (or `source=`) of {text} examples.
+
+    SeqIO's usual LM pipeline (`ptjf.data.span_corruption`): the text becomes `targets`, is
+    tokenized, cut into chunks and span corrupted into `inputs`/`targets` (15% noise, mean
+    span 3 by default), then gets EOS. Sequence lengths too short for a corrupted chunk raise
+    `ConfigError` when the dataset is built.
+    """
+    return _add_task(
+        name,
+        kind="lm",
+        languages=(language,),
+        task_preprocessors=[
+            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"})
+        ],
+        token_preprocessors=[
+            functools.partial(
+                _span_corruption,
+                noise_density=noise_density,
+                mean_noise_span_length=mean_noise_span_length,
+            )
+        ],
         **kw,
     )
 

@@ -18,15 +18,18 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
 import seqio
 
+from ptjf import sampling
+from ptjf.data.tf_cpu import tensorflow_on_cpu
 from ptjf.errors import DataError
 
 CorpusFn = Callable[[], Iterable[str]]
@@ -77,6 +80,69 @@ class VocabularySpec:
 
     def model_path(self, fingerprint: str = "") -> Path:
         return data_dir() / "vocab" / f"{self.name}-{self.vocab_size}-{self.key(fingerprint)}.model"
+
+
+def _quotas(rates: Mapping[str, float], total: int) -> dict[str, int]:
+    """Integer counts summing to `total` and proportional to `rates` (largest remainder)."""
+    exact = {k: r * total for k, r in rates.items()}
+    counts = {k: math.floor(v) for k, v in exact.items()}
+    by_remainder = sorted(rates, key=lambda k: (counts[k] - exact[k], k))
+    for k in by_remainder[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _cycled(language: str, texts: CorpusFn) -> Iterator[str]:
+    """The language's non-blank texts, started over whenever they run out (a language smaller
+    than its share is up-sampled, as temperature sampling does when it trains)."""
+    while True:
+        n = 0
+        for text in texts():
+            if text and text.strip():
+                n += 1
+                yield text
+        if n == 0:
+            raise DataError(
+                f"The vocabulary corpus of language {language!r} is empty: its training split "
+                "gave no text."
+            )
+
+
+def temperature_corpus(
+    texts_by_language: Mapping[str, CorpusFn],
+    sizes: Mapping[str, float],
+    tau: float,
+    total_sentences: int,
+    seed: int = 0,
+    unit: str = "characters",
+) -> Iterator[str]:
+    """A vocabulary corpus whose languages appear at their temperature-sampling rates.
+
+    The paper trains the mC4 vocabulary on "a corpus sampled from the training data using
+    temperature sampling with τ = 3.33" (App. B): without it a 64k vocabulary spends almost all
+    its pieces on English. Language l contributes exactly round(q_l × total_sentences)
+    sentences, q = `temperature_rates(sizes, tau)` (largest remainder, so the counts sum to
+    `total_sentences`), taken in order from `texts_by_language[l]()` and started over when they
+    run out. The languages are interleaved in an order drawn from `seed`, so any prefix of
+    the corpus keeps the shares. Deterministic: the same inputs give the same sentences.
+    """
+    if set(texts_by_language) != set(sizes):
+        raise DataError(
+            f"temperature_corpus: texts are given for {sorted(texts_by_language)} but sizes "
+            f"for {sorted(sizes)}; give both for the same languages."
+        )
+    if not isinstance(total_sentences, int) or total_sentences < 1:
+        raise DataError(
+            f"temperature_corpus: total_sentences={total_sentences!r}; expected an integer >= 1."
+        )
+    languages = sorted(sizes)
+    rates = sampling.temperature_rates({lang: sizes[lang] for lang in languages}, tau, unit)
+    quotas = _quotas(rates, total_sentences)
+    order = np.repeat(np.arange(len(languages)), [quotas[lang] for lang in languages])
+    np.random.default_rng(seed).shuffle(order)
+    streams = [_cycled(lang, texts_by_language[lang]) for lang in languages]
+    for index in order:
+        yield next(streams[index])
 
 
 def train_sentencepiece(spec: VocabularySpec, corpus: Iterable[str]) -> bytes:
@@ -174,7 +240,10 @@ class CachedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
     def _ensure(self) -> str:
         if not self._sentencepiece_model_file:
-            path = ensure_model(self._spec, self._corpus_fn, self._fingerprint_fn())
+            # The model is often first needed while tf.data traces a tokenizing map; a corpus
+            # read through tf.data (a TFDS split) must then run eagerly, outside that graph.
+            with tensorflow_on_cpu().init_scope():
+                path = ensure_model(self._spec, self._corpus_fn, self._fingerprint_fn())
             self._sentencepiece_model_file = str(path)
         return self._sentencepiece_model_file
 
