@@ -142,7 +142,7 @@ def test_ordered_puts_parents_first():
         (dict(pretrain_steps=(10,)), "1 <= N1 < total_steps=10"),
         (dict(rates=(0.0, 0.5)), "must lie in (0, 1)"),
         (dict(rates=({HIGH: 0.0, LOW: 0.0},)), "not all 0"),
-        (dict(methods=("unimax",)), "Sweep.batch_size"),
+        (dict(methods=("unimax",)), "Sweep.unimax_budget"),
         (dict(low_task=HIGH), "name two tasks"),
     ],
 )
@@ -250,3 +250,20 @@ def test_emit_prints_every_command_in_dependency_order(tmp_path):
     assert lines[0].startswith("ptjf train --gin_file=runs/ptjf.gin --gin_file=experiments/x.gin")
     assert all("--exist_ok" in x for x in lines if x.startswith("ptjf switch"))
     assert "# point ptjf-r0.2-n6-lr0.0005-s0 (after: pretrain-n6-lr0.0005-s0)" in text
+
+
+def test_unimax_budget_in_the_mixtures_own_unit():
+    nodes = nodes_of(make(methods=("unimax",), unimax_max_epochs=(5.0,), unimax_budget=1000.0))
+    (argv,) = nodes["unimax-e5-lr0.0005-s0"].commands
+    assert "--gin.mixture_rates.budget=1000.0" in argv
+    assert "--gin.mixture_rates.max_epochs=5.0" in argv
+
+
+def test_a_k_task_grid_names_every_task_and_treats_all_but_the_high_one_as_low():
+    third = "bible_translate_en_es"
+    grid = ({HIGH: 0.6, LOW: 0.2, third: 0.2}, {HIGH: 0.4, LOW: 0.3, third: 0.3})
+    nodes = nodes_of(make(methods=("scalarization",), rates=grid))
+    info = nodes["scalarization-w0.2_0.6_0.2-lr0.0005-s0"].info
+    assert info["tasks"] == [HIGH, LOW, third]
+    assert info["high_tasks"] == [HIGH] and info["low_tasks"] == [LOW, third]
+    assert info["rates"] == grid[0]

@@ -57,8 +57,9 @@ class Sweep:
     learning_rates, seeds: crossed with everything (each stage of a point uses the rate).
     total_steps: N, every method's total number of steps. pretrain_steps: the N1 grid (PTJF,
         transfer, restart); each fine-tunes for N - N1.
-    taus: temperature sampling's τ grid. unimax_max_epochs: UniMax's epoch caps, with a budget
-        of N · batch_size examples.
+    taus: temperature sampling's τ grid. unimax_max_epochs: UniMax's epoch caps.
+    unimax_budget: UniMax's budget in the mixture's own size unit (e.g. characters for mC4);
+        None gives N · batch_size examples, for mixtures sized in examples.
     bindings: gin bindings added to every point's command (e.g. "EVAL_BLEU = True").
     """
 
@@ -74,6 +75,7 @@ class Sweep:
     pretrain_steps: Sequence[int] = ()
     taus: Sequence[float] = (3.33,)
     unimax_max_epochs: Sequence[float] = (1.0,)
+    unimax_budget: float | None = None
     batch_size: int | None = None
     sweep_dir: str | None = None
     bindings: Sequence[str] = ()
@@ -126,10 +128,10 @@ class Sweep:
                     f"Sweep.rates has {r!r}: rates must be >= 0 and not all 0 (a low-resource "
                     "rate r in (0, 1), or a mapping of task weights)."
                 )
-        if "unimax" in wanted and not self.batch_size:
+        if "unimax" in wanted and self.unimax_budget is None and not self.batch_size:
             raise ConfigError(
-                "Sweep.batch_size is needed for UniMax (its budget is total_steps × batch_size "
-                "examples): bind Sweep.batch_size = %BATCH_SIZE."
+                "UniMax needs a budget: bind Sweep.unimax_budget (in the mixture's size unit) or "
+                "Sweep.batch_size = %BATCH_SIZE (a budget of total_steps × batch_size examples)."
             )
 
     def rate_weights(self, rate: float | Mapping[str, float]) -> dict[str, float]:
@@ -221,14 +223,19 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
         directories[node.directory] = node.name
         nodes[node.name] = node
 
+    # A K-task grid names its tasks in its weight mappings: every task but the high one is low.
+    tasks = [sweep.high_task, sweep.low_task]
+    for r in sweep.rates:
+        tasks += [t for t in sweep.rate_weights(r) if t not in tasks]
+
     def base_info(method: str, lr: float, seed: int) -> dict[str, Any]:
         return {
             "kind": "point",
             "method": method,
             "sweep": sweep.name,
-            "tasks": [sweep.high_task, sweep.low_task],
+            "tasks": list(tasks),
             "high_tasks": [sweep.high_task],
-            "low_tasks": [sweep.low_task],
+            "low_tasks": [t for t in tasks if t != sweep.high_task],
             "rates": None,
             "low_rate": None,
             "tau": None,
@@ -302,7 +309,11 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
                     "TRAIN_STEPS": n,
                     "mixture_rates.method": "unimax",
                     "mixture_rates.tau": None,
-                    "mixture_rates.budget": float(n * (sweep.batch_size or 0)),
+                    "mixture_rates.budget": float(
+                        sweep.unimax_budget
+                        if sweep.unimax_budget is not None
+                        else n * (sweep.batch_size or 0)
+                    ),
                     "mixture_rates.max_epochs": float(cap),
                 }
                 argv = _train_argv(RUN_FILES["unimax"], gin_files, bindings, extra)
