@@ -217,16 +217,25 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[Any]], left: int =
     return "\n".join(lines)
 
 
-def _best_low_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], list[list]]:
-    """Header and cells of the best-low-resource table (markdown and terminal alike)."""
+def _best_table(
+    rows: Sequence[Mapping],
+    roles: Roles,
+    *,
+    metric: str,
+    key: str,
+    high_key: str,
+    missing: tuple[str, str],
+    digits: int = 4,
+) -> tuple[list[str], list[list]]:
+    """Header and cells of a best-low-resource table (loss or BLEU; markdown and terminal)."""
     high = list(roles.high) if roles.low else []
-    header = ["task", "method", "run", "rate", "N1", "val loss", "step"]
-    header += [f"val loss {t}" for t in high]
+    header = ["task", "method", "run", "rate", "N1", metric, "step"]
+    header += [f"{metric} {t}" for t in high]
     body = []
     for r in rows:
         if r["run"] is None:
-            body.append([r["task"], r["method"], "(all diverged)", "—", "—", "nan", "—"])
-            body[-1] += ["—"] * len(high)
+            run, value = missing
+            body.append([r["task"], r["method"], run, "—", "—", value, "—"] + ["—"] * len(high))
             continue
         body.append(
             [
@@ -235,38 +244,35 @@ def _best_low_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], l
                 r["run"],
                 _rate(r["rate"]),
                 _num(r["pretrain_steps"]),
-                _num(r["loss"]),
+                _num(r[key], digits),
                 _num(r["step"]),
             ]
-            + [_num(r["high_losses"].get(t)) for t in high]
+            + [_num(r[high_key].get(t), digits) for t in high]
         )
     return header, body
+
+
+def _best_low_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], list[list]]:
+    return _best_table(
+        rows,
+        roles,
+        metric="val loss",
+        key="loss",
+        high_key="high_losses",
+        missing=("(all diverged)", "nan"),
+    )
 
 
 def _best_bleu_table(rows: Sequence[Mapping], roles: Roles) -> tuple[list[str], list[list]]:
-    """Header and cells of the best-low-resource-BLEU table."""
-    high = list(roles.high) if roles.low else []
-    header = ["task", "method", "run", "rate", "N1", "BLEU", "step"]
-    header += [f"BLEU {t}" for t in high]
-    body = []
-    for r in rows:
-        if r["run"] is None:
-            body.append([r["task"], r["method"], "(no BLEU)", "—", "—", "—", "—"])
-            body[-1] += ["—"] * len(high)
-            continue
-        body.append(
-            [
-                r["task"],
-                r["method"],
-                r["run"],
-                _rate(r["rate"]),
-                _num(r["pretrain_steps"]),
-                _num(r["bleu"], 2),
-                _num(r["step"]),
-            ]
-            + [_num(r["high_bleu"].get(t), 2) for t in high]
-        )
-    return header, body
+    return _best_table(
+        rows,
+        roles,
+        metric="BLEU",
+        key="bleu",
+        high_key="high_bleu",
+        missing=("(no BLEU)", "—"),
+        digits=2,
+    )
 
 
 # --- report.md --------------------------------------------------------------------------------

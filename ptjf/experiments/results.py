@@ -20,13 +20,12 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ptjf.errors import DataError
 from ptjf.experiments.pareto import pareto_front
-from ptjf.training.metrics_io import METRICS_FILE, from_json_value
+from ptjf.training.metrics_io import METRICS_FILE, read_metrics_and_broken_lines
 
 POINT_FILE = "point.json"
 DONE_FILE = "DONE"
@@ -131,35 +130,9 @@ class Roles:
 
 
 def read_records(path: str) -> tuple[list[dict], list[int]]:
-    """(records, broken line numbers) of one metrics.jsonl, in file order.
-
-    Same rules as `metrics_io.read_metrics` (strict JSON, "NaN"/"Infinity" strings back to
-    floats, a line that is not a JSON object skipped with a warning), but the skipped lines are
-    returned so a report can count them.
-    """
-    records: list[dict] = []
-    broken: list[int] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                record, why = None, e.msg
-            else:
-                why = "not a JSON object"
-            if not isinstance(record, dict):
-                broken.append(number)
-                warnings.warn(
-                    f"{path}:{number}: skipping a broken metrics line ({why}); a run killed "
-                    "mid-write leaves one.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue
-            records.append(from_json_value(record))
-    return records, broken
+    """(records, broken line numbers) of one metrics.jsonl, in file order (`read_metrics`'s
+    rules: a line cut by a killed run is skipped with a warning, and counted here)."""
+    return read_metrics_and_broken_lines(path)
 
 
 def clean_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:

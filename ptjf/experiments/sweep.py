@@ -250,6 +250,42 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
     def point_dir(name: str) -> str:
         return os.path.join(sweep_dir, "points", name)
 
+    def fork(
+        method: str, name: str, parent: Node, stage: str, n1: int, point: tuple, **kw: Any
+    ) -> None:
+        """Adds a point that starts from `parent`'s stage-`stage` checkpoint at step `n1`."""
+        lr, seed, common = point
+        weights = kw.pop("weights", None)
+        bindings = common | {
+            "MODEL_DIR": point_dir(name),
+            "PRETRAIN_STEPS": n1,
+            "FINETUNE_STEPS": n - n1,
+            **kw,
+        }
+        info = base_info(method, lr, seed) | {
+            "name": name,
+            "pretrain_steps": n1,
+            "parent": parent.directory,
+        }
+        if weights is not None:
+            bindings["MIXTURE_RATES"] = weights
+            info["rates"] = weights
+            info["low_rate"] = weights.get(sweep.low_task, 0.0) / sum(weights.values())
+        add(
+            _fork(
+                name,
+                method,
+                point_dir(name),
+                info,
+                parent,
+                stage,
+                n1,
+                gin_files,
+                bindings,
+                extra,
+            )
+        )
+
     restart_forks = sorted(set(sweep.pretrain_steps)) if "restart" in sweep.methods else []
     for lr in sweep.learning_rates:
         for seed in sweep.seeds:
@@ -321,100 +357,38 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
 
             # --- forked methods: a switch from the parent's checkpoint, then the point's run.
             for n1 in sweep.pretrain_steps:
-                parent_pre = f"pretrain-n{n1}-{suffix}"
-                if "ptjf" in sweep.methods:
-                    for r in sweep.rates:
-                        weights = sweep.rate_weights(r)
-                        name = f"ptjf-{_rate_label(weights, sweep)}-n{n1}-{suffix}"
-                        bindings = common | {
-                            "MODEL_DIR": point_dir(name),
-                            "PRETRAIN_STEPS": n1,
-                            "FINETUNE_STEPS": n - n1,
-                            "MIXTURE_RATES": weights,
-                        }
-                        info = base_info("ptjf", lr, seed) | {
-                            "name": name,
-                            "rates": weights,
-                            "low_rate": weights.get(sweep.low_task, 0.0) / sum(weights.values()),
-                            "pretrain_steps": n1,
-                            "parent": nodes[parent_pre].directory,
-                        }
-                        add(
-                            _fork(
-                                name,
-                                "ptjf",
-                                point_dir(name),
-                                info,
-                                nodes[parent_pre],
-                                "pretrain",
-                                n1,
-                                gin_files,
-                                bindings,
-                                extra,
-                            )
-                        )
+                pre = nodes.get(f"pretrain-n{n1}-{suffix}")
+                for r in sweep.rates if "ptjf" in sweep.methods else ():
+                    weights = sweep.rate_weights(r)
+                    name = f"ptjf-{_rate_label(weights, sweep)}-n{n1}-{suffix}"
+                    fork("ptjf", name, pre, "pretrain", n1, (lr, seed, common), weights=weights)
                 if "transfer" in sweep.methods:
-                    name = f"transfer-n{n1}-{suffix}"
-                    bindings = common | {
-                        "MODEL_DIR": point_dir(name),
-                        "PRETRAIN_STEPS": n1,
-                        "FINETUNE_STEPS": n - n1,
-                    }
-                    info = base_info("transfer", lr, seed) | {
-                        "name": name,
-                        "rates": {sweep.low_task: 1.0},
-                        "low_rate": 1.0,
-                        "pretrain_steps": n1,
-                        "parent": nodes[parent_pre].directory,
-                    }
-                    add(
-                        _fork(
-                            name,
-                            "transfer",
-                            point_dir(name),
-                            info,
-                            nodes[parent_pre],
-                            "pretrain",
-                            n1,
-                            gin_files,
-                            bindings,
-                            extra,
-                        )
+                    fork(
+                        "transfer",
+                        f"transfer-n{n1}-{suffix}",
+                        pre,
+                        "pretrain",
+                        n1,
+                        (lr, seed, common),
                     )
-                if "restart" in sweep.methods:
-                    for r in sweep.rates:
-                        weights = sweep.rate_weights(r)
-                        label = _rate_label(weights, sweep)
-                        parent = nodes[f"scalarization-{label}-{suffix}"]
-                        name = f"restart-{label}-n{n1}-{suffix}"
-                        bindings = common | {
-                            "MODEL_DIR": point_dir(name),
-                            "PRETRAIN_STEPS": n1,
-                            "FINETUNE_STEPS": n - n1,
-                            "FIRST_DECAY_STEPS": n,
-                            "MIXTURE_RATES": weights,
-                        }
-                        info = base_info("restart", lr, seed) | {
-                            "name": name,
-                            "rates": weights,
-                            "low_rate": weights.get(sweep.low_task, 0.0) / sum(weights.values()),
-                            "pretrain_steps": n1,
-                            "parent": parent.directory,
-                        }
-                        add(
-                            _fork(
-                                name,
-                                "restart",
-                                point_dir(name),
-                                info,
-                                parent,
-                                "joint",
-                                n1,
-                                gin_files,
-                                bindings,
-                                extra,
-                            )
-                        )
+                    nodes[f"transfer-n{n1}-{suffix}"].info.update(
+                        rates={sweep.low_task: 1.0}, low_rate=1.0
+                    )
+                for r in sweep.rates if "restart" in sweep.methods else ():
+                    weights = sweep.rate_weights(r)
+                    label = _rate_label(weights, sweep)
+                    parent = nodes[f"scalarization-{label}-{suffix}"]
+                    name = f"restart-{label}-n{n1}-{suffix}"
+                    fork(
+                        "restart",
+                        name,
+                        parent,
+                        "joint",
+                        n1,
+                        (lr, seed, common),
+                        weights=weights,
+                        FIRST_DECAY_STEPS=n,
+                    )
     return list(nodes.values())
 
 

@@ -210,6 +210,11 @@ def read_metrics(path_or_dir: str | os.PathLike) -> list[dict]:
     A line that is not a JSON object — typically the last line of a killed run, cut mid-write —
     is skipped with a warning naming the file and line number; it never stops a report.
     """
+    return read_metrics_and_broken_lines(path_or_dir)[0]
+
+
+def read_metrics_and_broken_lines(path_or_dir: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """`read_metrics`, plus the numbers of the lines it skipped (a report says how many)."""
     path = os.fspath(path_or_dir)
     if os.path.isdir(path):
         path = os.path.join(path, METRICS_FILE)
@@ -218,7 +223,8 @@ def read_metrics(path_or_dir: str | os.PathLike) -> list[dict]:
             f"No metrics file at {path}: the run has not evaluated yet, or the path is not a "
             f"MODEL_DIR (which holds {METRICS_FILE})."
         )
-    records = []
+    records: list[dict] = []
+    broken: list[int] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -226,16 +232,18 @@ def read_metrics(path_or_dir: str | os.PathLike) -> list[dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
+                record, why = None, e.msg
+            else:
+                why = "not a JSON object"
+            if not isinstance(record, dict):
+                broken.append(number)
                 _warn(
-                    f"{path}:{number}: skipping a broken metrics line ({e.msg}); a run killed "
+                    f"{path}:{number}: skipping a broken metrics line ({why}); a run killed "
                     "mid-write leaves one."
                 )
                 continue
-            if not isinstance(record, dict):
-                _warn(f"{path}:{number}: skipping a metrics line that is not a JSON object.")
-                continue
             records.append(from_json_value(record))
-    return records
+    return records, broken
 
 
 def _warn(message: str) -> None:
