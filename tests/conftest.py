@@ -25,3 +25,13 @@ def bible_vocab():
     import seqio
 
     return seqio.get_mixture_or_task("bible_translate_en_fr").output_features["targets"].vocabulary
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin_config():
+    """Each test starts with no gin bindings and an unlocked config: a run parsed by one test
+    (its CheckpointConfig, its TFDS_DATA_DIR, …) must not fill another test's defaults."""
+    import gin
+
+    gin.clear_config()
+    yield
