@@ -37,6 +37,7 @@ def cmd_rates(args: argparse.Namespace) -> int:
     weights, tau = None, args.tau
     if args.sizes:
         sizes, what, default_method = sampling.parse_sizes(args.sizes), "sizes given by hand", None
+        unit = args.unit
     elif args.mixture:
         from ptjf import tasks
 
@@ -44,12 +45,14 @@ def cmd_rates(args: argparse.Namespace) -> int:
         sizes, what, default_method = spec.resolved_sizes(), f"mixture {args.mixture}", spec.method
         weights = dict(spec.weights) if spec.weights else None
         tau = tau if tau is not None else spec.tau
+        # Sizes the mixture was registered with keep their unit (mC4: characters); counted
+        # sizes are examples.
+        unit = spec.size_unit if spec.sizes else "examples"
     else:
         raise PtjfError("Give --mixture NAME or --sizes task=size,… (see `ptjf rates --help`).")
     if args.weights:
         weights = sampling.parse_weights(args.weights)
     method = args.method or default_method or "proportional"
-    unit = args.unit if args.sizes else "examples"
     params: dict[str, object] = {"sizes": sizes}
     if method == "static":
         if weights is None:

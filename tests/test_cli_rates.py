@@ -96,3 +96,16 @@ def test_bad_input_is_one_clear_message(capsys, argv, message):
     assert code == 2
     assert message in err and "Traceback" not in err
     assert err.startswith("ptjf rates: error: ")
+
+
+def test_a_mixture_sized_in_characters_is_labelled_so(capsys):
+    code, out, _ = _run(capsys, "--mixture", "mc4", "--method", "temperature", "--tau", "3.33")
+    assert code == 0
+    assert "size (characters)" in out and "size (examples)" not in out
+    table = _table(out)
+    assert float(table["mc4.en"][0]) == 13396 and float(table["mc4.gd"][0]) == 0.8
+    expected = sampling.temperature_rates(
+        {"mc4.en": 13396, "mc4.hi": 75, "mc4.gu": 3.6, "mc4.gd": 0.8, "mc4.sw": 4.1}, 3.33
+    )
+    for task, (_, rate) in table.items():
+        assert float(rate) == pytest.approx(expected[task], abs=5e-5)
