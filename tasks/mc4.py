@@ -31,6 +31,7 @@ import seqio
 from ptjf.data.vocabularies import CachedSentencePieceVocabulary, VocabularySpec, temperature_corpus
 from ptjf.errors import ConfigError, UnknownNameError
 
+from . import mixtures
 from . import registration as reg
 
 TFDS_NAME = "c4/multilingual"
@@ -264,9 +265,9 @@ def register_mixtures(
     common = dict(sizes=sizes, size_unit=SIZE_UNIT, overwrite=overwrite)
     names = []
     for name, tau in [(problem_name, PAPER_TAU)] + [(f"{problem_name}_tau{t:g}", t) for t in taus]:
-        reg.register_mixture(name, tasks, method="temperature", tau=tau, **common)
+        mixtures.register_mixture(name, tasks, method="temperature", tau=tau, **common)
         names.append(name)
-    reg.register_mixture(
+    mixtures.register_mixture(
         f"{problem_name}_unimax",
         tasks,
         method="unimax",

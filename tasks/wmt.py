@@ -39,6 +39,7 @@ import seqio
 from ptjf.data.splits import SPLITS
 from ptjf.errors import ConfigError, UnknownNameError
 
+from . import mixtures
 from . import registration as reg
 
 TFDS_VERSION = "1.0.0"  # the version of every WMT builder config in TFDS 4.x
@@ -229,7 +230,7 @@ def register_wmt_problem(
     if len(tasks) > 1:
         expected = {t: reg.task_info(t).train_size for t in tasks}
         sizes = expected if all(v is not None for v in expected.values()) else None
-        reg.register_mixture(
+        mixtures.register_mixture(
             problem,
             tasks,
             method="static",

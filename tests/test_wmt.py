@@ -11,8 +11,8 @@ import ptjf.tasks as T
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+from ptjf.tasks import mixtures, wmt
 from ptjf.tasks import registration as reg
-from ptjf.tasks import wmt
 from tensorflow_datasets.translate import wmt14, wmt15, wmt16, wmt19
 
 from ptjf.data import mixing
@@ -110,7 +110,7 @@ def test_registered_names_and_table1_sizes():
 
 
 def test_temperature_rates_come_from_table1_without_data():
-    rates = reg.rates_by("wmt_en_ro_fr", "temperature", tau=5.0)
+    rates = mixtures.rates_by("wmt_en_ro_fr", "temperature", tau=5.0)
     fr, ro = 40_853_298 ** (1 / 5), 610_320 ** (1 / 5)
     assert rates["wmt_en_ro_fr.translate_en_fr"] == pytest.approx(fr / (fr + ro))
     assert rates["wmt_en_ro_fr.translate_en_ro"] == pytest.approx(ro / (fr + ro))
