@@ -9,8 +9,9 @@ every worker (git, a venv, `jax[tpu]`), the other starts the same `ptjf train` o
 worker. A pod needs every host to run the same program; `jax.distributed.initialize()` finds
 each host's place from the TPU VM's metadata, so nothing per-worker is passed here.
 
-`--commands FILE` runs the blocks of `ptjf sweep --emit` instead, in order: `ptjf train` on
-every worker, the one-process commands (`ptjf switch`, `ptjf eval`) on worker 0 only.
+`--commands FILE` runs the blocks of `ptjf sweep --emit` instead, in order: `ptjf train` and
+`ptjf switch` (which places the parameters on the whole mesh) on every worker, any other
+command on worker 0 only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import emitted
 
 LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 # Subcommands every host of a pod runs together; the others are one process, on worker 0.
-ALL_WORKERS = {"train"}
+ALL_WORKERS = {"train", "switch"}
 
 
 def _parser() -> argparse.ArgumentParser:

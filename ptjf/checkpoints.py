@@ -434,9 +434,7 @@ class StageCheckpointer:
                 "StageCheckpointer created with read_only=False."
             )
         step = int(step)
-        period = self.config.period
-        force = force or step in self.config.keep_steps
-        if not force and (period == 0 or step % period != 0):
+        if not self.due(step, force=force):
             return False
         meta = _to_json(dict(metadata))
         if meta.setdefault(STEP, step) != step:
@@ -464,6 +462,11 @@ class StageCheckpointer:
         )
         self._pending = step
         return True
+
+    def due(self, step: int, *, force: bool = False) -> bool:
+        """Whether `save(step, ..., force)` would write (so callers build metadata only then)."""
+        step, period = int(step), self.config.period
+        return force or step in self.config.keep_steps or (period != 0 and step % period == 0)
 
     def wait(self) -> None:
         """Block until the pending write is finalised, then delete checkpoints beyond `keep`."""

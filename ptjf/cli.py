@@ -111,6 +111,25 @@ def _rates_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_rates)
 
 
+def _add_multihost_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator_address", help="HOST:PORT of process 0, for a multi-process run")
+    p.add_argument("--process_count", type=int, help="number of processes in the run")
+    p.add_argument("--process_index", type=int, help="this process's index, 0..count-1")
+
+
+def _join_multihost(args: argparse.Namespace) -> None:
+    """Joins the run's other processes (flags, or a TPU pod / SLURM step), before any JAX work."""
+    from ptjf import distributed
+
+    distributed.initialize(
+        distributed.DistributedConfig(
+            coordinator_address=args.coordinator_address,
+            process_count=args.process_count,
+            process_index=args.process_index,
+        )
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ptjf import config as gin_config
     from ptjf import train
@@ -120,6 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise PtjfError(
             f"unrecognized arguments: {' '.join(rest)} (gin settings are --gin.NAME=VALUE)."
         )
+    _join_multihost(args)
     summary = train.run(files, bindings)
     print(f"ptjf train: done at global step {summary.global_step}; results in {summary.model_dir}")
     return 0
@@ -192,12 +212,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    from ptjf import checkpoints, stages, switch
+    from ptjf import checkpoints, distributed, stages, switch
     from ptjf import config as gin_config
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
     if rest:
         raise PtjfError(f"unrecognized arguments: {' '.join(rest)}")
+    _join_multihost(args)
     gin_config.parse_gin(files, bindings)
     plan = stages.Plan()
     if args.exist_ok and os.path.isdir(args.target) and checkpoints.finalized_steps(args.target):
@@ -206,7 +227,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     src, step = switch.switch(
         args.source, args.target, plan, stage=args.stage, checkpoint=checkpoints.CheckpointConfig()
     )
-    if args.copy_metrics:
+    if args.copy_metrics and distributed.is_primary():
         copied = switch.copy_metrics(src, step, args.target)
         print(f"ptjf switch: copied {copied} eval records of {os.path.dirname(src)}")
     print(
@@ -255,8 +276,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="run a plan of stages: --gin_file=FILE ... --gin.NAME=VALUE ...",
-        description="Runs the gin-configured plan. Rerunning the same command resumes it.",
+        description="Runs the gin-configured plan. Rerunning the same command resumes it. "
+        "Every host of a multi-host run runs the same command; Cloud TPU pods and SLURM steps "
+        "are detected, elsewhere pass the three multi-process flags.",
     )
+    _add_multihost_flags(p)
     p.set_defaults(fn=cmd_train, accepts_extra=True)
 
 
@@ -305,6 +329,7 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do nothing (exit 0) when the target already holds a checkpoint (reruns)",
     )
+    _add_multihost_flags(p)
     p.set_defaults(fn=cmd_switch, accepts_extra=True)
 
 

@@ -30,6 +30,8 @@ import gin
 from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
 from ptjf.errors import CheckpointError, ConfigError, DataError, PtjfError, UnknownNameError
+from ptjf.partitioning import Partitioner
+from ptjf.training import stage_state
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,6 @@ def evaluate_checkpoint(
     write: append the record to MODEL_DIR/metrics.jsonl.
     Returns the record (the trainer's eval record fields, "bleu" when scored, "posthoc": True).
     """
-    import jax
 
     from ptjf import config as gin_config
     from ptjf import train
@@ -159,9 +160,9 @@ def evaluate_checkpoint(
 
     stage_dir, step = _checkpoint_location(model_dir, plan, checkpoint, settings.get("last_stage"))
     config = trainer.model_config(plan)
+    partitioner = Partitioner()
     with ckpt.StageCheckpointer(stage_dir, settings["checkpoint"], read_only=True) as c:
-        params, meta = c.restore_params(step, target_params=trainer.abstract_params(config))
-    params = jax.device_put(params, jax.devices()[0])  # where the trainer keeps its state
+        params, meta = stage_state.restore_params(c, step, partitioner, config)
     evaluator, bleu_evaluator = trainer.build_evaluators(
         plan,
         config,
@@ -173,6 +174,7 @@ def evaluate_checkpoint(
         bleu_examples=bleu_examples,
         beam_size=settings["beam_size"],
         bleu_alpha=settings["bleu_alpha"],
+        partitioner=partitioner,
     )
     log.info("scoring %s step %s", stage_dir, meta.get("step"))
     record: dict[str, Any] = {

@@ -21,8 +21,10 @@ from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
+from ptjf.partitioning import Partitioner
+from ptjf.training import stage_state
 from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
-from ptjf.training.trainer import abstract_params, plan_vocabulary
+from ptjf.training.trainer import plan_vocabulary
 
 
 def switch(
@@ -32,6 +34,7 @@ def switch(
     *,
     stage: str | None = None,
     checkpoint: ckpt.CheckpointConfig | None = None,
+    partitioner: Partitioner | None = None,
 ) -> tuple[str, int]:
     """Writes the stage-start checkpoint of `stage` (default: the plan's last) into `target`.
 
@@ -58,10 +61,13 @@ def switch(
             "empty stage directory so nothing is overwritten."
         )
     config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
-    with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
-        params, meta = source_ckpt.restore_params(src_step, target_params=abstract_params(config))
+    partitioner = partitioner or Partitioner()
     tx, _ = stg.make_tx(plan, index)
-    state = stg.switch_state(params, tx)
+    with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
+        # Read straight onto this mesh, whatever mesh wrote the source (resharding).
+        params, meta = stage_state.restore_params(source_ckpt, src_step, partitioner, config)
+    shardings = stage_state.state_shardings(partitioner, config, tx)
+    state = stage_state.switched_state(params, tx, shardings, partitioner)
     metadata = ckpt.checkpoint_metadata(
         stage_index=index,
         stage_name=name,

@@ -5,6 +5,10 @@
 
 Gin files are found on ptjf's search path (the checkout's or the installed `gin_configs/`, the
 working directory, `$PTJF_GIN_PATH`). The trainer saves the whole config as `MODEL_DIR/config.gin`.
+
+Several processes (hosts) run the same command; on Cloud TPU pods and under SLURM they find each
+other by themselves, elsewhere add `--coordinator_address=HOST:PORT --process_count=N
+--process_index=I` (see `ptjf.distributed`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,11 @@ def enable_compilation_cache() -> None:
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str]):
-    """Parses the gin files and bindings, then calls the gin-configured `train()`."""
+    """Parses the gin files and bindings, then calls the gin-configured `train()`.
+
+    A multi-process run joins its other processes first (`ptjf.distributed.initialize`, which
+    `ptjf train` calls from its flags).
+    """
     from ptjf.training import trainer
 
     enable_compilation_cache()

@@ -124,7 +124,7 @@ def test_tpu_pod_commands_file_runs_blocks_in_order(launchers, calls, tmp_path):
             "--command=cd ptjf && .venv/bin/ptjf train --gin_file=a.gin "
             "'--gin.MODEL_DIR='\"'\"'/s/pre'\"'\"''",
         ),
-        ("--worker=0", "--command=cd ptjf && .venv/bin/ptjf switch /s/pre /s/p1 --exist_ok"),
+        ("--worker=all", "--command=cd ptjf && .venv/bin/ptjf switch /s/pre /s/p1 --exist_ok"),
         ("--worker=all", "--command=cd ptjf && .venv/bin/ptjf train --gin_file=b.gin"),
     ]
 

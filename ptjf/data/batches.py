@@ -208,6 +208,46 @@ def train_batches(
     return iter(ds.as_numpy_iterator())
 
 
+def host_train_batches(
+    config: DatasetConfig,
+    *,
+    start_batch: int = 0,
+    host_shard: int = 0,
+    num_host_shards: int = 1,
+    input_shards: int | None = None,
+) -> Iterator[Batch]:
+    """This host's rows of every global batch, the stream cut into `input_shards` shards.
+
+    None reads one shard per host (each host reads 1/`num_host_shards` of every task, the
+    cheapest). A fixed `input_shards` makes the global batches the same on any number of
+    hosts: host h reads shards h·k … h·k+k−1 (k = input_shards / num_host_shards) and stacks
+    their rows, so a run resumed on another topology, or checked against a single process,
+    sees exactly the batches it would have seen.
+    """
+    shards = num_host_shards if input_shards is None else input_shards
+    if not _is_int(shards) or shards < 1 or shards % num_host_shards:
+        raise ConfigError(
+            f"train.input_shards={input_shards!r} must be a multiple of the {num_host_shards} "
+            "data shard(s) the hosts feed (or None for one per host)."
+        )
+    per_host = shards // num_host_shards
+    streams = [
+        train_batches(
+            config,
+            start_batch=start_batch,
+            shard_index=host_shard * per_host + j,
+            num_shards=shards,
+        )
+        for j in range(per_host)
+    ]
+    if per_host == 1:
+        return streams[0]
+    return (
+        {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+        for parts in zip(*streams, strict=True)
+    )
+
+
 def count_by_task(batch: Mapping[str, np.ndarray], num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
     """(examples, tokens) per task in a batch, each int64 `[num_tasks]`.
 

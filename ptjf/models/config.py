@@ -20,6 +20,17 @@ from ptjf.errors import ConfigError, UnknownNameError
 # ungated branch of a gated MLP such as mT5's ('gelu', 'linear')).
 KNOWN_ACTIVATIONS = ("relu", "gelu", "silu", "linear")
 KNOWN_DTYPES = ("float32", "bfloat16", "float16")
+# Gradient checkpointing of each encoder and decoder layer (T5X's `remat_policy` names); what
+# the backward pass keeps from the forward pass, and what it pays for the memory saved:
+#   none     keeps every activation: most memory, no recomputation.
+#   full     keeps only each layer's inputs and recomputes the whole layer: least activation
+#            memory, about one extra forward pass.
+#   minimal  keeps only the projections' outputs (matmuls without batch dimensions: QKV/out,
+#            MLP), so attention's [batch, heads, q, k] scores are recomputed (T5X's 'minimal').
+#   dots     keeps every matmul output (jax `checkpoint_dots`), attention's q·k scores and
+#            weights·v included, and recomputes the cheap elementwise work (norms,
+#            activations, softmax, dropout): more memory than 'minimal' at long lengths.
+REMAT_POLICIES = ("none", "full", "minimal", "dots")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +64,9 @@ class TransformerConfig:
     and logits are always returned in float32."""
     float32_attention_logits: bool = True
     """Compute q·k and the softmax in float32 even when `dtype` is bfloat16."""
+    remat_policy: str = "none"
+    """What each layer's backward pass recomputes instead of storing (see `REMAT_POLICIES`);
+    the parameter tree is the same for every policy, so checkpoints move between them."""
 
     def __post_init__(self) -> None:
         # gin and YAML-ish callers pass lists; a tuple keeps the config hashable (jit static arg).
@@ -127,6 +141,12 @@ def _validate(cfg: TransformerConfig) -> None:
             f"TransformerConfig.dtype must be one of {KNOWN_DTYPES}, got {cfg.dtype!r}. "
             f"Use 'bfloat16' for bf16 compute; parameters stay float32 either way."
         )
+    if not isinstance(cfg.remat_policy, str) or cfg.remat_policy not in REMAT_POLICIES:
+        raise ConfigError(
+            f"TransformerConfig.remat_policy must be one of {REMAT_POLICIES}, got "
+            f"{cfg.remat_policy!r}. 'none' stores every activation; 'full' saves the most "
+            f"memory by recomputing each layer in the backward pass."
+        )
 
 
 # In-place registration (not `external_configurable`, which would build a subclass) so a
@@ -166,6 +186,7 @@ _NMT = {
     "share_relpos_bias": False,
     "dtype": "float32",
     "float32_attention_logits": True,
+    "remat_policy": "none",
 }
 _MT5 = {
     # mT5 (Xue et al. 2021) = T5.1.1 recipe: gated GELU, untied logits, no dropout in
@@ -179,6 +200,7 @@ _MT5 = {
     "dtype": "bfloat16",
     "float32_attention_logits": True,
     "head_dim": 64,
+    "remat_policy": "none",
 }
 
 
@@ -209,6 +231,7 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
         "share_relpos_bias": False,
         "dtype": "float32",
         "float32_attention_logits": True,
+        "remat_policy": "none",
     },
     "nmt_3layer": {**_NMT, "num_encoder_layers": 3, "num_decoder_layers": 3},
     "nmt_6layer": {**_NMT, "num_encoder_layers": 6, "num_decoder_layers": 6},

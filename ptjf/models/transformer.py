@@ -29,11 +29,18 @@ Parameter tree (T5X minimal-T5 names, so a T5X checkpoint can be mapped onto it)
 With `share_relpos_bias=True` the per-layer `relpos_bias` tables are replaced by one at
 `encoder/relpos_bias` and one at `decoder/relpos_bias` (T5X's layout); the default, False, is
 the paper's mT5 variant (appendix B).
+
+`TransformerConfig.remat_policy` wraps every encoder and decoder layer in `nn.remat` with the
+matching JAX checkpoint policy. The wrapped layer keeps its name, so the tree above (and the
+`cache` collection) is the same under every policy.
 """
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ptjf.errors import ConfigError, DataError
@@ -65,6 +72,28 @@ def _attention(cfg: TransformerConfig, name: str) -> layers.MultiHeadAttention:
         dtype=jnp.dtype(cfg.dtype),
         float32_logits=cfg.float32_attention_logits,
         name=name,
+    )
+
+
+# JAX policy of each `config.REMAT_POLICIES` entry other than 'none' (which skips `nn.remat`).
+CHECKPOINT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@functools.cache
+def _layer_class(layer: type[nn.Module], policy: str, static_argnums: tuple[int, ...]) -> type:
+    """`layer`, or its `nn.remat` version under `policy` (built once per pair).
+
+    `static_argnums` index `__call__`'s arguments counting `self` as 0, as `nn.remat` does;
+    they are the Python booleans the layer branches on, which must not become tracers.
+    """
+    if policy == "none":
+        return layer
+    return nn.remat(
+        layer, policy=CHECKPOINT_POLICIES[policy], static_argnums=static_argnums, prevent_cse=True
     )
 
 
@@ -178,10 +207,10 @@ class Encoder(_Sublayers):
         if cfg.share_relpos_bias:
             shared_bias = _relpos(cfg)(positions, positions, bidirectional=True)
         x = self._dropout(self.embedder(tokens), deterministic)
+        # Arguments are positional so that `deterministic` (index 5 with self) stays static.
+        layer = _layer_class(EncoderLayer, cfg.remat_policy, static_argnums=(5,))
         for i in range(cfg.num_encoder_layers):
-            x = EncoderLayer(cfg, name=f"layers_{i}")(
-                x, mask, positions, shared_bias, deterministic
-            )
+            x = layer(cfg, name=f"layers_{i}")(x, mask, positions, shared_bias, deterministic)
         x = self._norm("encoder_norm")(x)
         return self._dropout(x, deterministic)
 
@@ -240,8 +269,14 @@ class Decoder(_Sublayers):
             shared_bias = _relpos(cfg)(query_positions, key_positions, bidirectional=False)
 
         y = self._dropout(self.embedder(tokens), deterministic)
+        # Cached decoding has no backward pass, so it runs the plain layers: remat would only
+        # add a lifted transform around the cache updates. Training and teacher-forced
+        # evaluation use the policy; `deterministic` and `decode` (indices 8 and 9 with self)
+        # stay static, which needs the positional call below.
+        policy = "none" if decode else cfg.remat_policy
+        layer = _layer_class(DecoderLayer, policy, static_argnums=(8, 9))
         for i in range(cfg.num_decoder_layers):
-            y = DecoderLayer(cfg, name=f"layers_{i}")(
+            y = layer(cfg, name=f"layers_{i}")(
                 y,
                 encoded,
                 self_mask,

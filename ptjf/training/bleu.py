@@ -27,6 +27,7 @@ import tensorflow as tf
 from ptjf.errors import ConfigError, DataError, UnknownNameError
 from ptjf.models import EncoderDecoder
 from ptjf.models.decoding import beam_search
+from ptjf.partitioning import Partitioner
 
 DecodeFn = Callable[[Any, jax.Array], jax.Array]
 # sacrebleu tokenizers for targets that 13a cannot split (no spaces between words).
@@ -176,25 +177,40 @@ def beam_decoder(
     return decode
 
 
-def _batches(inputs: np.ndarray, batch_size: int) -> list[jax.Array]:
+def _batches(
+    inputs: np.ndarray, batch_size: int, partitioner: Partitioner | None = None
+) -> list[jax.Array]:
     """Rows in batches of one shape (the last filled with all-padding rows), on the device."""
     missing = -len(inputs) % batch_size
     padded = np.concatenate([inputs, np.zeros((missing, inputs.shape[1]), inputs.dtype)])
-    return [jax.device_put(padded[i : i + batch_size]) for i in range(0, len(padded), batch_size)]
+    rows = [padded[i : i + batch_size] for i in range(0, len(padded), batch_size)]
+    if partitioner is None:
+        return [jax.device_put(r) for r in rows]
+    return [partitioner.global_batch({"inputs": r})["inputs"] for r in rows]
 
 
 class BleuEvaluator:
     """Corpus BLEU of parameters on each translation task's examples."""
 
-    def __init__(self, decode: DecodeFn, examples: Sequence[BleuExamples], batch_size: int):
+    def __init__(
+        self,
+        decode: DecodeFn,
+        examples: Sequence[BleuExamples],
+        batch_size: int,
+        partitioner: Partitioner | None = None,
+    ):
+        """With a `partitioner`, inputs are split over the mesh's `data` axis and the decoded
+        tokens come back replicated, so every process can detokenize them."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"BLEU batch_size={batch_size!r} must be an integer >= 1.")
         if not examples:
             raise ConfigError("BleuEvaluator got no task; give at least one translation task.")
+        if partitioner is not None:
+            decode = partitioner.jit(decode, out_shardings=partitioner.replicated)
         self._decode = decode
         self._examples = {e.task: e for e in examples}
         # On the device once: every eval of the run decodes the same inputs.
-        self._inputs = {e.task: _batches(e.inputs, batch_size) for e in examples}
+        self._inputs = {e.task: _batches(e.inputs, batch_size, partitioner) for e in examples}
 
     @property
     def tasks(self) -> list[str]:
@@ -225,6 +241,7 @@ class BleuEvaluator:
         max_examples: int | None = None,
         beam_size: int = 4,
         alpha: float = 0.6,
+        partitioner: Partitioner | None = None,
     ) -> BleuEvaluator:
         """The trainer's evaluator: validation examples, beam search up to the targets length."""
         examples = [
@@ -246,4 +263,4 @@ class BleuEvaluator:
             alpha=alpha,
             eos_id=eos_ids.pop(),
         )
-        return cls(decode, examples, batch_size)
+        return cls(decode, examples, batch_size, partitioner)

@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from ptjf.partitioning import Partitioner
+
 Batches = Sequence[Mapping[str, np.ndarray]]
 MODEL_FEATURES = (
     "encoder_input_tokens",
@@ -33,8 +35,11 @@ def model_features(batch: Mapping[str, np.ndarray], *, keep_task_ids: bool = Fal
     return {k: v for k, v in batch.items() if k in keep}
 
 
-def _on_device(batches: Batches) -> list[dict[str, jax.Array]]:
-    return [jax.device_put(model_features(b, keep_task_ids=True)) for b in batches]
+def _on_device(batches: Batches, partitioner: Partitioner | None) -> list[dict[str, jax.Array]]:
+    features = [model_features(b, keep_task_ids=True) for b in batches]
+    if partitioner is None:
+        return [jax.device_put(f) for f in features]
+    return [partitioner.global_batch(f) for f in features]
 
 
 class Evaluator:
@@ -45,11 +50,17 @@ class Evaluator:
         eval_step: Callable[[Any, Mapping[str, jax.Array]], Mapping[str, jax.Array]],
         validation: Mapping[str, Batches],
         train_subset: Mapping[str, Batches],
+        partitioner: Partitioner | None = None,
     ):
-        self._step = jax.jit(eval_step)
+        """With a `partitioner`, every process holds every eval batch whole and the batches are
+        split over the mesh's `data` axis; the per-task sums come back replicated."""
+        if partitioner is None:
+            self._step = jax.jit(eval_step)
+        else:
+            self._step = partitioner.jit(eval_step, out_shardings=partitioner.replicated)
         # On the device once: every eval of the run reads the same batches.
-        self._validation = {t: _on_device(bs) for t, bs in validation.items()}
-        self._train = {t: _on_device(bs) for t, bs in train_subset.items()}
+        self._validation = {t: _on_device(bs, partitioner) for t, bs in validation.items()}
+        self._train = {t: _on_device(bs, partitioner) for t, bs in train_subset.items()}
 
     @property
     def tasks(self) -> list[str]:

@@ -177,6 +177,20 @@ class MetricsWriter:
         self.close()
 
 
+class NullMetricsWriter:
+    """The writer of every process but the first in a multi-host run: writes nothing, so the
+    run's metrics files have one author."""
+
+    def write_eval(self, record: Mapping[str, Any]) -> None:
+        del record
+
+    def write_train(self, global_step: int, scalars: Mapping[str, Any]) -> None:
+        del global_step, scalars
+
+    def close(self) -> None:
+        pass
+
+
 def _tensorflow_on_cpu():
     from ptjf.data.tf_cpu import tensorflow_on_cpu
 

@@ -8,9 +8,9 @@ and a SeqIO `EncDecFeatureConverter` batch carrying `decoder_target_tokens` and
 Train step (`make_train_step`), decisions:
 
 * **Normalisation by real target tokens** (paper App. B). With `num_microbatches = k` the batch is
-  cut into k contiguous equal slices; the *sums* of loss and token counts are accumulated and the
-  summed gradient is divided once by the total number of target tokens, so accumulation gives the
-  full-batch gradient, not an average of per-slice averages.
+  cut into k equal strided slices (rows i, i+k, …); the *sums* of loss and token counts are
+  accumulated and the summed gradient is divided once by the total number of target tokens, so
+  accumulation gives the full-batch gradient, not an average of per-slice averages.
 * **Dropout randomness**: `fold_in(fold_in(dropout_rng, state.step), microbatch_index)`, so the
   trainer can pass the same base key every step and still get fresh masks per step and slice.
 * **No host sync**: metrics are device scalars. `nonfinite` (int32, 0 or 1) flags a non-finite
@@ -63,7 +63,10 @@ EvalStep = Callable[[Any, Batch], Metrics]
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
-    """Reshape every feature [b, ...] to [k, b / k, ...] (k contiguous slices)."""
+    """Reshape every feature [b, ...] to [k, b / k, ...]: microbatch i is rows i, i+k, i+2k, ….
+
+    Strided rather than contiguous slices, so that on a mesh every microbatch takes the same
+    number of rows from every data shard (a contiguous slice would sit on a few devices)."""
     sizes = {name: value.shape[0] for name, value in batch.items()}
     batch_size = next(iter(sizes.values()))
     if any(size != batch_size for size in sizes.values()):
@@ -75,7 +78,7 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
         )
     size = batch_size // num_microbatches
     return {
-        name: value.reshape((num_microbatches, size, *value.shape[1:]))
+        name: value.reshape((size, num_microbatches, *value.shape[1:])).swapaxes(0, 1)
         for name, value in batch.items()
     }
 

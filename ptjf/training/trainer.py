@@ -17,7 +17,7 @@ the host from the batches it already holds.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import io
 import logging
 import math
 import os
@@ -31,15 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptjf import checkpoints as ckpt
+from ptjf import distributed
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
-from ptjf.models import EncoderDecoder, TransformerConfig, init_params
+from ptjf.models import EncoderDecoder, TransformerConfig
+from ptjf.partitioning import Partitioner
 from ptjf.training import steps
 from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, model_features
-from ptjf.training.metrics_io import MetricsWriter, ProgressDisplay
+from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter, ProgressDisplay
+from ptjf.training.stage_state import build_state, state_shardings
 from ptjf.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -109,6 +112,7 @@ def build_evaluators(
     bleu_examples: int | None = None,
     beam_size: int = 4,
     bleu_alpha: float = 0.6,
+    partitioner: Partitioner | None = None,
 ) -> tuple[Evaluator, BleuEvaluator | None]:
     """The run's evaluators: losses of every eval task, and BLEU of `bleu_languages`' tasks.
 
@@ -129,6 +133,7 @@ def build_evaluators(
             t: data.eval_batches(t, "train", lengths, batch_size, max_examples=train_eval_examples)
             for t in eval_tasks
         },
+        partitioner=partitioner,
     )
     bleu = None
     if bleu_languages:
@@ -140,83 +145,68 @@ def build_evaluators(
             max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
             beam_size=beam_size,
             alpha=bleu_alpha,
+            partitioner=partitioner,
         )
     return evaluator, bleu
 
 
-def abstract_params(config: TransformerConfig):
-    """Shapes and dtypes of the model's parameters, without allocating them (restore targets)."""
-    return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-
-
-def build_state(
-    plan: stg.Plan,
-    index: int,
-    model_dir: str,
-    config: TransformerConfig,
-    checkpoint: ckpt.CheckpointConfig,
-    seed: int,
-    tx,
-) -> tuple[TrainState, dict[str, Any], tuple[str, int] | None]:
-    """The state a stage starts (or resumes) from, its saved metadata and its parent."""
-    stage = plan.stages[index]
-    here = os.path.join(model_dir, stage.name)
-    own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
-    target_params = abstract_params(config)
-    if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
-        target = jax.eval_shape(lambda p: stg.switch_state(p, tx), target_params)
-        with ckpt.StageCheckpointer(here, checkpoint, read_only=True) as c:
-            state, meta = c.restore(own[-1], target_state=target)
-        lineage = meta.get("lineage") or {}
-        parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
-        return state, meta, parent
-    if index == 0 or stage.init_from == "scratch":
-        params = init_params(config, jax.random.fold_in(jax.random.key(seed), index))
-        return stg.switch_state(params, tx), {}, None
-    prev = plan.stages[index - 1]
-    prev_dir = os.path.join(model_dir, prev.name)
-    with ckpt.StageCheckpointer(prev_dir, checkpoint, read_only=True) as c:
-        if stage.carries_optimizer:
-            target = jax.eval_shape(lambda p: stg.switch_state(p, tx), target_params)
-            full, meta = c.restore(prev.steps, target_state=target)
-            state = stg.carry_state(full)
-        else:
-            params, meta = c.restore_params(prev.steps, target_params=target_params)
-            state = stg.switch_state(params, tx)
-    return state, meta, (prev_dir, prev.steps)
-
-
 @dataclasses.dataclass
 class _Run:
-    """What every stage of a run shares: the model, its eval data, writers and counters."""
+    """What every stage of a run shares: the model, its mesh, eval data, writers and counters.
+
+    Examples and tokens seen per task are counted on each host from the rows it feeds; with
+    several processes the counts since the last sync are summed across processes (processes
+    that feed the same rows, over a `model` axis spanning hosts, count them once) at each eval
+    and checkpoint, the only places they are read.
+    """
 
     model_dir: str
     plan: stg.Plan
     config: TransformerConfig
+    partitioner: Partitioner
     apply_fn: Any
     evaluator: Evaluator
-    writer: MetricsWriter
+    writer: MetricsWriter | NullMetricsWriter
     options: dict[str, Any]
     examples_seen: dict[str, int]
     tokens_seen: dict[str, int]
     bleu: BleuEvaluator | None = None
     last_eval: dict[str, Any] | None = None
+    _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def restore_counts(self, meta: Mapping[str, Any]) -> None:
         self.examples_seen.update(meta.get("examples_seen", {}))
         self.tokens_seen.update(meta.get("tokens_seen", {}))
 
     def count(self, task_names: list[str], batch: Mapping[str, np.ndarray]) -> int:
-        """Adds a batch to the examples/tokens seen per task; returns its real tokens."""
+        """Adds a local batch to the examples/tokens seen per task; returns its real tokens."""
         examples, tokens = data.count_by_task(batch, len(task_names))
         for t, e, k in zip(task_names, examples, tokens, strict=True):
+            pending = self._pending.setdefault(t, np.zeros(2, np.int64))
+            pending += (int(e), int(k))
+        if jax.process_count() == 1:
+            self.sync_counts()
+        return int(np.count_nonzero(batch["encoder_input_tokens"])) + int(tokens.sum())
+
+    def sync_counts(self) -> None:
+        """Folds every process's pending counts into the run's totals (a collective)."""
+        names = sorted(set(self.examples_seen) | set(self._pending))
+        local = np.stack([self._pending.get(t, np.zeros(2, np.int64)) for t in names])
+        self._pending.clear()
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            gathered = np.asarray(multihost_utils.process_allgather(local))
+            replicas = jax.process_count() // self.partitioner.num_data_shards
+            local = gathered.sum(axis=0) // replicas
+        for t, (e, k) in zip(names, local, strict=True):
             self.examples_seen[t] = self.examples_seen.get(t, 0) + int(e)
             self.tokens_seen[t] = self.tokens_seen.get(t, 0) + int(k)
-        return int(np.count_nonzero(batch["encoder_input_tokens"])) + int(tokens.sum())
 
     def evaluate(
         self, state: TrainState, index: int, step: int, train_scalars: dict | None
     ) -> None:
+        self.sync_counts()
         stage = self.plan.stages[index]
         record = {
             "stage": stage.name,
@@ -236,6 +226,7 @@ class _Run:
         self.last_eval = record
 
     def metadata(self, index: int, step: int, parent: tuple[str, int] | None) -> dict:
+        self.sync_counts()
         return ckpt.checkpoint_metadata(
             stage_index=index,
             stage_name=self.plan.stages[index].name,
@@ -275,6 +266,8 @@ def train(
     bleu_examples: int | None = None,
     beam_size: int = 4,
     bleu_alpha: float = 0.6,
+    partitioner: Partitioner | None = None,
+    input_shards: int | None = None,
 ) -> RunSummary:
     """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
@@ -287,6 +280,11 @@ def train(
         "bleu"; LM tasks are skipped): its first `bleu_examples` validation examples (None =
         as many as `max_eval_examples`) beam-searched up to the targets length with
         `beam_size` beams and GNMT length penalty `bleu_alpha` (paper App. A.5: 4 and 0.6).
+    partitioner: the mesh and logical-axis rules; None = `partitioning.PjitPartitioner()` as
+        gin configures it (all devices on the `data` axis unless `num_partitions` says so).
+    input_shards: None = each host reads its own 1/N of every task (N hosts feeding distinct
+        rows); an integer fixes the stream's shards, so the batches do not depend on the number
+        of hosts (`data.host_train_batches`).
     """
     for name, value in (
         ("eval_period", eval_period),
@@ -306,7 +304,9 @@ def train(
     eval_tasks = stg.plan_eval_tasks(plan)
     bleu_languages = bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
 
-    # --- set-up: model, eval data, writers ----------------------------------------------
+    # --- set-up: mesh, model, eval data, writers ----------------------------------------
+    partitioner = partitioner or Partitioner()
+    log.info("%s", partitioner.describe())
     config = model_config(plan)
     apply_fn = make_apply_fn(EncoderDecoder(config))
     evaluator, bleu = build_evaluators(
@@ -320,15 +320,22 @@ def train(
         bleu_examples=bleu_examples,
         beam_size=beam_size,
         bleu_alpha=bleu_alpha,
+        partitioner=partitioner,
     )
-    writer = MetricsWriter(model_dir, tensorboard=tensorboard)
-    # The run's whole configuration beside its results, as T5X keeps config.gin.
-    with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-        f.write(gin.config_str())
+    if distributed.is_primary():  # one writer of the run's shared files
+        writer: MetricsWriter | NullMetricsWriter = MetricsWriter(
+            model_dir, tensorboard=tensorboard
+        )
+        # The run's whole configuration beside its results, as T5X keeps config.gin.
+        with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
+            f.write(gin.config_str())
+    else:
+        writer = NullMetricsWriter()
     run = _Run(
         model_dir=model_dir,
         plan=plan,
         config=config,
+        partitioner=partitioner,
         apply_fn=apply_fn,
         evaluator=evaluator,
         writer=writer,
@@ -344,6 +351,7 @@ def train(
             eval_at_stage_start=eval_at_stage_start,
             log_every=log_every,
             checkpoint=checkpoint,
+            input_shards=input_shards,
         ),
         examples_seen=dict.fromkeys(eval_tasks, 0),
         tokens_seen=dict.fromkeys(eval_tasks, 0),
@@ -411,13 +419,15 @@ def _train_stage(run: _Run, index: int) -> None:
     opt = run.options
     stage = run.plan.stages[index]
     stage_dir = os.path.join(run.model_dir, stage.name)
+    part = run.partitioner
     tx, schedule = stg.make_tx(run.plan, index)
+    shardings = state_shardings(part, run.config, tx)
     state, meta, parent = build_state(
-        run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx
+        run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx, part
     )
     # One placement for fresh, restored and switched states alike, so that the step's
     # outputs match its inputs and it compiles once per stage.
-    state = jax.device_put(state, jax.devices()[0])
+    state = jax.device_put(state, shardings)
     run.restore_counts(meta)
     start = int(state.step)
     dataset = data.DatasetConfig(
@@ -429,8 +439,15 @@ def _train_stage(run: _Run, index: int) -> None:
         rates=stage.rates,
     )
     task_names = data.mixture_task_names(dataset)
-    batches = data.train_batches(dataset, start_batch=start)
-    step_fn = jax.jit(
+    shard_index, num_shards = part.data_shard(opt["batch_size"])
+    batches = data.host_train_batches(
+        dataset,
+        start_batch=start,
+        host_shard=shard_index,
+        num_host_shards=num_shards,
+        input_shards=opt["input_shards"],
+    )
+    step_fn = part.jit(
         steps.make_train_step(
             run.apply_fn,
             tx,
@@ -439,6 +456,7 @@ def _train_stage(run: _Run, index: int) -> None:
             num_microbatches=opt["num_microbatches"],
             schedule=schedule,
         ),
+        out_shardings=(shardings, part.replicated),
         donate_argnums=(0,),
     )
     dropout_rng = jax.random.fold_in(jax.random.key(opt["seed"] + 1), index)
@@ -458,14 +476,19 @@ def _train_stage(run: _Run, index: int) -> None:
         if opt["eval_at_stage_start"]:
             run.evaluate(state, index, 0, None)
 
-    progress = ProgressDisplay(stage.steps, stage_name=stage.name)
+    progress = ProgressDisplay(
+        stage.steps,
+        stage_name=stage.name,
+        stream=None if distributed.is_primary() else io.StringIO(),
+    )
     nonfinite = jnp.zeros((), jnp.int32)
     window_tokens, window_start = 0, time.perf_counter()
     try:
         for step in range(start + 1, stage.steps + 1):
-            batch = next(batches)
-            window_tokens += run.count(task_names, batch)
-            state, metrics = step_fn(state, model_features(batch), dropout_rng)
+            local = next(batches)
+            window_tokens += run.count(task_names, local)
+            batch = part.shard_batch(model_features(local))
+            state, metrics = step_fn(state, batch, dropout_rng)
             nonfinite = nonfinite + metrics["nonfinite"]  # stays on the device
 
             is_eval = step % opt["eval_period"] == 0 or step == stage.steps
@@ -479,17 +502,20 @@ def _train_stage(run: _Run, index: int) -> None:
                         "learning rate, add warmup or gradient clipping, or check the data."
                     )
                 scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                scalars["tokens_per_sec"] = window_tokens / max(
-                    time.perf_counter() - window_start, 1e-9
+                # Every data shard feeds as many rows; this host's tokens stand for its shard.
+                scalars["tokens_per_sec"] = (
+                    window_tokens
+                    * part.num_data_shards
+                    / max(time.perf_counter() - window_start, 1e-9)
                 )
                 run.writer.write_train(base_step + step, scalars)
                 progress.update(step, scalars["loss"], scalars["tokens_per_sec"])
                 window_tokens, window_start = 0, time.perf_counter()
                 if is_eval:
                     run.evaluate(state, index, step, scalars)
-            checkpointer.save(
-                step, state, run.metadata(index, step, parent), force=step == stage.steps
-            )
+            last = step == stage.steps
+            if checkpointer.due(step, force=last):
+                checkpointer.save(step, state, run.metadata(index, step, parent), force=last)
     finally:
         progress.close()
         checkpointer.close()

@@ -1,0 +1,628 @@
+"""Per-device memory of a training step: parameters, gradients, optimizer state, activations.
+
+Used to choose a mesh, `parameter_partitioning_dims`, a remat policy and a number of
+microbatches before a pod is booked (docs/scaling.md). Everything is arithmetic on shapes: no
+device, no compilation.
+
+* **Parameters** are listed from the config with the names, shapes and logical axes the model
+  creates (`parameter_layout`; its total is `count_params`), all float32.
+* **Sharding** follows `ptjf.partitioning`: logical axes map to mesh axes through the logical-
+  axis rules (`flax.linen.logical_to_mesh_axes`), and an axis that the mesh cannot split evenly
+  stays whole on every device, as `Partitioner.sharding` does.
+* **Gradients** are float32 and sharded like the parameters; with `num_microbatches > 1` the
+  train step's scan also carries their running sum (a second copy).
+* **Optimizer state** is what ptjf's own optimizer keeps: `make_optimizer(...).init` is
+  evaluated abstractly (`jax.eval_shape`) and each leaf is sharded by
+  `partitioning.optimizer_state_specs`, as the trainer does. Adam keeps two moments; the
+  paper's Adafactor (`factored=False, momentum=0.9`) a full second moment and a momentum;
+  T5's factored Adafactor a row and a column factor for every matrix whose two largest axes
+  are at least `min_dim_size_to_factor` (a full second moment for the others), no momentum.
+  Optax's one-element placeholders and step counters are counted too.
+* **Activations** (`activation_bytes`): the tensors JAX's autodiff saves from one
+  microbatch's forward pass for its backward pass under the remat policy, listed in its
+  docstring, plus the largest transient.
+
+Not counted: XLA's own temporaries and fusion buffers, TPU tile padding, the compiled program,
+the batch itself and the input pipeline; XLA may also fuse away some saved values. Keep the
+total within three quarters of a device's memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from ptjf import partitioning
+from ptjf.errors import ConfigError, UnknownNameError
+from ptjf.models.config import REMAT_POLICIES, TransformerConfig
+from ptjf.training.optimizers import OptimizerConfig, make_optimizer
+
+GiB = 1024**3
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PARAM_BYTES = 4  # parameters, gradients and optimizer statistics are float32
+LOGITS_BYTES = 4  # the model returns float32 logits whatever its dtype
+
+
+# --- the mesh ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """Sizes of the (data, model) mesh; `model` is `PjitPartitioner.num_partitions`."""
+
+    data: int
+    model: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("data", "model"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"MeshShape.{name}={value!r} must be an integer >= 1.")
+
+    @classmethod
+    def for_devices(cls, num_devices: int, num_partitions: int = 1) -> MeshShape:
+        """The mesh `PjitPartitioner(num_partitions)` builds over `num_devices` devices."""
+        if num_devices < 1 or num_partitions < 1 or num_devices % num_partitions:
+            raise ConfigError(
+                f"num_partitions={num_partitions} does not divide num_devices={num_devices}; "
+                "the 'model' axis must split the devices evenly (as PjitPartitioner requires)."
+            )
+        return cls(data=num_devices // num_partitions, model=num_partitions)
+
+    @property
+    def devices(self) -> int:
+        return self.data * self.model
+
+    def axis_size(self, entry: str | Sequence[str] | None) -> int:
+        """Devices a PartitionSpec entry splits over (1 for None)."""
+        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        sizes = {partitioning.DATA_AXIS: self.data, partitioning.MODEL_AXIS: self.model}
+        return math.prod(sizes[name] for name in names)
+
+
+def logical_axis_rules(
+    parameter_partitioning_dims: int = 1, activation_partitioning_dims: int = 1
+) -> partitioning.LogicalRules:
+    """ptjf's standard rules with both dimensions given (gin bindings cannot change them)."""
+    return partitioning.standard_logical_axis_rules(
+        activation_partitioning_dims=activation_partitioning_dims,
+        parameter_partitioning_dims=parameter_partitioning_dims,
+        additional_rules=(),
+    )
+
+
+def mesh_spec(logical_axes: Sequence[str | None], rules: partitioning.LogicalRules) -> P:
+    """The mesh PartitionSpec of an array with these logical axes under `rules`."""
+    return nn.logical_to_mesh_axes(tuple(logical_axes), rules)
+
+
+def shard_elements(shape: Sequence[int], spec: P, mesh: MeshShape) -> int:
+    """Elements of one device's shard; an axis the mesh does not divide evenly stays whole."""
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    total = 1
+    for dim, entry in zip(shape, entries, strict=True):
+        size = mesh.axis_size(entry)
+        total *= dim // size if dim % size == 0 else dim
+    return total
+
+
+# --- parameters ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamLayout:
+    """Shape and logical axis names of one parameter."""
+
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def parameter_layout(config: TransformerConfig) -> dict[str, ParamLayout]:
+    """Every parameter of `EncoderDecoder(config)` by its '/'-joined path (model's names)."""
+    d, qkv, f = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
+    relpos = ParamLayout(
+        (config.num_heads, config.relative_attention_num_buckets), ("heads", "relpos_buckets")
+    )
+    norm = ParamLayout((d,), ("embed",))
+    layout: dict[str, ParamLayout] = {
+        "token_embedder/embedding": ParamLayout((config.vocab_size, d), ("vocab", "embed"))
+    }
+
+    def attention(prefix: str) -> None:
+        for name in ("query", "key", "value"):
+            layout[f"{prefix}/{name}/kernel"] = ParamLayout((d, qkv), ("embed", "joined_kv"))
+        layout[f"{prefix}/out/kernel"] = ParamLayout((qkv, d), ("joined_kv", "embed"))
+
+    def mlp(prefix: str) -> None:
+        gated = config.num_mlp_inputs > 1
+        for i in range(config.num_mlp_inputs):
+            name = f"wi_{i}" if gated else "wi"
+            layout[f"{prefix}/{name}/kernel"] = ParamLayout((d, f), ("embed", "mlp"))
+        layout[f"{prefix}/wo/kernel"] = ParamLayout((f, d), ("mlp", "embed"))
+
+    for i in range(config.num_encoder_layers):
+        p = f"encoder/layers_{i}"
+        layout[f"{p}/pre_attention_layer_norm/scale"] = norm
+        attention(f"{p}/attention")
+        layout[f"{p}/pre_mlp_layer_norm/scale"] = norm
+        mlp(f"{p}/mlp")
+        if not config.share_relpos_bias:
+            layout[f"{p}/relpos_bias/rel_embedding"] = relpos
+    layout["encoder/encoder_norm/scale"] = norm
+    if config.share_relpos_bias:
+        layout["encoder/relpos_bias/rel_embedding"] = relpos
+    for i in range(config.num_decoder_layers):
+        p = f"decoder/layers_{i}"
+        layout[f"{p}/pre_self_attention_layer_norm/scale"] = norm
+        attention(f"{p}/self_attention")
+        layout[f"{p}/pre_cross_attention_layer_norm/scale"] = norm
+        attention(f"{p}/encoder_decoder_attention")
+        layout[f"{p}/pre_mlp_layer_norm/scale"] = norm
+        mlp(f"{p}/mlp")
+        if not config.share_relpos_bias:
+            layout[f"{p}/relpos_bias/rel_embedding"] = relpos
+    layout["decoder/decoder_norm/scale"] = norm
+    if config.share_relpos_bias:
+        layout["decoder/relpos_bias/rel_embedding"] = relpos
+    if not config.logits_via_embedding:
+        layout["decoder/logits_dense/kernel"] = ParamLayout(
+            (d, config.vocab_size), ("embed", "vocab")
+        )
+    return layout
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def parameter_bytes(
+    config: TransformerConfig, mesh: MeshShape, rules: partitioning.LogicalRules
+) -> int:
+    """Bytes of one device's shard of the float32 parameters (also the gradients' size)."""
+    return sum(
+        PARAM_BYTES * shard_elements(p.shape, mesh_spec(p.axes, rules), mesh)
+        for p in parameter_layout(config).values()
+    )
+
+
+def optimizer_state_bytes(
+    config: TransformerConfig,
+    optimizer: OptimizerConfig,
+    mesh: MeshShape,
+    rules: partitioning.LogicalRules,
+) -> int:
+    """Bytes of one device's shard of the state `make_optimizer(optimizer, …)` keeps."""
+    layout = parameter_layout(config)
+    shapes = _nest({k: jax.ShapeDtypeStruct(p.shape, np.float32) for k, p in layout.items()})
+    specs = _nest({k: mesh_spec(p.axes, rules) for k, p in layout.items()})
+    tx = make_optimizer(optimizer, optax.constant_schedule(1.0))
+    state = jax.eval_shape(tx.init, shapes)
+    state_specs = partitioning.optimizer_state_specs(state, specs, shapes)
+    leaves = jax.tree.leaves(state)
+    leaf_specs = jax.tree.leaves(state_specs, is_leaf=lambda x: isinstance(x, P))
+    return sum(
+        np.dtype(leaf.dtype).itemsize * shard_elements(leaf.shape, spec, mesh)
+        for leaf, spec in zip(leaves, leaf_specs, strict=True)
+    )
+
+
+def describe_optimizer(optimizer: OptimizerConfig) -> str:
+    """What the optimizer keeps per parameter, in words."""
+    if optimizer.name in ("adam", "adamw"):
+        return f"{optimizer.name}: 2 moments"
+    kept = ["row+column factors" if optimizer.factored else "full 2nd moment"]
+    if optimizer.momentum is not None:
+        kept.insert(0, "momentum")
+    return "adafactor: " + " + ".join(kept)
+
+
+# --- activations ---------------------------------------------------------------------------
+
+_EMBED = ("batch", "length", "embed")
+_ROW = ("batch", "length", None)  # [b, L, 1]: a norm's statistics, token ids
+_HEADS = ("batch", "length", "heads", "kv")
+_JOINED = ("batch", "length", "joined_kv")
+_MLP = ("batch", "length", "mlp")
+_SCORES = ("batch", "heads", "length", None)  # [b, heads, q_length, k_length or 1]
+_MASK = ("batch", None, "length", None)  # [b, 1, q_length, k_length]
+_VOCAB = ("batch", "length", "vocab")
+BOOL_BYTES = 1
+
+# What the derivative of each activation keeps (JAX's rules): (its input, how many further
+# intermediates, a boolean mask). ReLU keeps where x > 0; SiLU x and two intermediates; the
+# tanh form of GELU x and four (x³ term, tanh, 1 − tanh², the cdf).
+_ACTIVATION_RESIDUALS = {
+    "relu": (False, 0, True),
+    "silu": (True, 2, False),
+    "gelu": (True, 4, False),
+    "linear": (False, 0, False),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tensor:
+    name: str
+    shape: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    itemsize: int
+
+
+class _Layers:
+    """The tensors one microbatch keeps, by block, for `config` at b rows."""
+
+    def __init__(self, config: TransformerConfig, b: int) -> None:
+        self.cfg, self.b = config, b
+        self.a = DTYPE_BYTES[config.dtype]
+
+    def t(self, name: str, shape: tuple[int, ...], axes, itemsize: int | None = None) -> _Tensor:
+        return _Tensor(name, shape, axes, self.a if itemsize is None else itemsize)
+
+    def norm(self, name: str, length: int, output: bool = True) -> list[_Tensor]:
+        """RMSNorm, computed in float32: its input, square, normalised value and inverse root
+        mean square; its output when the next matmul reads it as it is."""
+        b, d = self.b, self.cfg.emb_dim
+        tensors = [
+            *(self.t(f"{name}.{n}", (b, length, d), _EMBED, 4) for n in ("x", "x2", "y")),
+            *(self.t(f"{name}.{n}", (b, length, 1), _ROW, 4) for n in ("rsqrt", "scale")),
+        ]
+        return tensors + ([self.t(f"{name}.out", (b, length, d), _EMBED)] if output else [])
+
+    def attention(self, name: str, lq: int, lk: int) -> list[_Tensor]:
+        cfg, b, a = self.cfg, self.b, self.a
+        h, k = cfg.num_heads, cfg.head_dim
+        s = 4 if cfg.float32_attention_logits else a
+        tensors = [
+            self.t(f"{name}.query", (b, lq, h, k), _HEADS, s),
+            self.t(f"{name}.key", (b, lk, h, k), _HEADS, s),
+            self.t(f"{name}.value", (b, lk, h, k), _HEADS),
+            self.t(f"{name}.exp", (b, h, lq, lk), _SCORES, 4),
+            self.t(f"{name}.sum", (b, h, lq, 1), _SCORES, 4),
+            # The weights A·V reads: after dropout when there is dropout.
+            self.t(f"{name}.weights", (b, h, lq, lk), _SCORES),
+            self.t(f"{name}.context", (b, lq, h * k), _JOINED),
+        ]
+        return tensors
+
+    def mlp(self, length: int) -> list[_Tensor]:
+        cfg, shape = self.cfg, (self.b, length, self.cfg.mlp_dim)
+        gated = cfg.num_mlp_inputs > 1
+        tensors = []
+        for i, act in enumerate(cfg.mlp_activations):
+            keeps_input, intermediates, mask = _ACTIVATION_RESIDUALS[act]
+            if keeps_input:
+                tensors.append(self.t(f"mlp.wi_{i}", shape, _MLP))
+            tensors += [self.t(f"mlp.{act}_{i}.{j}", shape, _MLP) for j in range(intermediates)]
+            if mask:
+                tensors.append(self.t(f"mlp.{act}_{i}.mask", shape, _MLP, BOOL_BYTES))
+            # A gated MLP multiplies the branches: the product's gradient reads each one.
+            if gated:
+                tensors.append(self.t(f"mlp.{act}_{i}.out", shape, _MLP))
+        # What `wo` reads: the dropped-out hidden layer, the product, or the one branch.
+        if cfg.dropout_rate > 0:
+            tensors.append(self.t("mlp.dropped", shape, _MLP))
+        elif gated:
+            tensors.append(self.t("mlp.product", shape, _MLP))
+        else:
+            tensors.append(self.t(f"mlp.{cfg.mlp_activations[0]}.out", shape, _MLP))
+        return tensors
+
+    def layer(self, stack: str, le: int, ld: int, policy: str) -> list[_Tensor]:
+        cfg, b, d = self.cfg, self.b, self.cfg.emb_dim
+        length = le if stack == "encoder" else ld
+        layer_input = [self.t("layer_input", (b, length, d), _EMBED)]
+        if policy == "full":
+            return layer_input
+        blocks = (
+            [("attention", le, le)]
+            if stack == "encoder"
+            else [("self_attention", ld, ld), ("cross_attention", ld, le)]
+        )
+        if policy == "none":
+            tensors = []
+            for name, lq, lk in blocks:
+                tensors += self.norm(f"{name}.norm", lq) + self.attention(name, lq, lk)
+            return tensors + self.norm("mlp.norm", length) + self.mlp(length)
+        # Matmul outputs: the projections, and with 'dots' the attention's two batched
+        # matmuls (q·k logits, weights·v) too.
+        h, qkv, f = cfg.num_heads, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
+        s = 4 if cfg.float32_attention_logits else self.a
+        tensors = list(layer_input)
+        for name, lq, lk in blocks:
+            tensors += [
+                self.t(f"{name}.query", (b, lq, qkv), _JOINED),
+                self.t(f"{name}.key", (b, lk, qkv), _JOINED),
+                self.t(f"{name}.value", (b, lk, qkv), _JOINED),
+                self.t(f"{name}.out", (b, lq, d), _EMBED),
+            ]
+            if policy == "dots":
+                tensors += [
+                    self.t(f"{name}.logits", (b, h, lq, lk), _SCORES, s),
+                    self.t(f"{name}.context", (b, lq, qkv), _JOINED),
+                ]
+        return tensors + [
+            self.t(f"mlp.wi_{i}", (b, length, f), _MLP) for i in range(cfg.num_mlp_inputs)
+        ]
+
+    def stacks(self, le: int, ld: int, policy: str) -> list[_Tensor]:
+        """Outside the layers: token ids, the final norms (and dropouts), the logits, and the
+        attention masks that rematerialised layers take as inputs."""
+        cfg, b, d = self.cfg, self.b, self.cfg.emb_dim
+        dropout = cfg.dropout_rate > 0
+        masks = [
+            self.t(f"{name}.mask", (b, 1, lq, lk), _MASK, BOOL_BYTES)
+            for name, lq, lk in (("encoder", le, le), ("decoder", ld, ld), ("cross", ld, le))
+        ]
+        return (masks if policy != "none" else []) + [
+            self.t("encoder.ids", (b, le, 1), _ROW, 4),
+            self.t("decoder.ids", (b, ld, 1), _ROW, 4),
+            # The cross-attentions read the encoder's output (after dropout, if any).
+            *self.norm("encoder_norm", le, output=not dropout),
+            *([self.t("encoder.dropped", (b, le, d), _EMBED)] if dropout else []),
+            # The logits are computed in float32 from a float32 copy of the decoder's output.
+            *self.norm("decoder_norm", ld, output=False),
+            self.t("logits.input", (b, ld, d), _EMBED, 4),
+            self.t("logits", (b, ld, cfg.vocab_size), _VOCAB, LOGITS_BYTES),
+        ]
+
+    def weight_copies(self) -> list[_Tensor]:
+        """Each layer's kernels cast to the compute dtype for its matmuls."""
+        return [
+            _Tensor(path, p.shape, p.axes, self.a)
+            for path, p in parameter_layout(self.cfg).items()
+            if "/layers_" in path and path.endswith("/kernel")
+        ]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationEstimate:
+    """Bytes one device holds for the backward pass of one microbatch."""
+
+    encoder_layer: int
+    decoder_layer: int
+    stacks: int
+    """Token ids, final norms, the stacks' outputs, the float32 logits (and, with remat, the
+    attention masks), once per model."""
+    weight_copies: int
+    """The layers' kernels in the compute dtype, kept without remat when it is not float32."""
+    transient: int
+    """The peak on top of the residuals: the logits' gradient, or a rematerialised layer."""
+    num_encoder_layers: int
+    num_decoder_layers: int
+
+    @property
+    def residuals(self) -> int:
+        """What the forward pass leaves for the backward pass."""
+        return (
+            self.num_encoder_layers * self.encoder_layer
+            + self.num_decoder_layers * self.decoder_layer
+            + self.stacks
+            + self.weight_copies
+        )
+
+    @property
+    def total(self) -> int:
+        return self.residuals + self.transient
+
+
+def check_remat_policy(policy: str) -> str:
+    if policy not in REMAT_POLICIES:
+        raise UnknownNameError(
+            "remat policy",
+            policy,
+            REMAT_POLICIES,
+            hint="Set TransformerConfig.remat_policy to one of them.",
+        )
+    return policy
+
+
+def activation_bytes(
+    config: TransformerConfig,
+    *,
+    batch_size: int,
+    input_length: int,
+    target_length: int,
+    mesh: MeshShape,
+    rules: partitioning.LogicalRules,
+    remat_policy: str = "none",
+) -> ActivationEstimate:
+    """Activation bytes one device holds for a microbatch of `batch_size` rows (global).
+
+    The residuals are the values JAX's autodiff saves for the backward pass (what
+    `jax.ad_checkpoint.print_saved_residuals` lists), less broadcast constants that XLA never
+    materialises. With b rows, Lq / Lk query / key positions, d = emb_dim, H heads of width k,
+    f = mlp_dim and a = the bytes of `config.dtype`:
+
+    * `remat_policy='none'`, per layer:
+      - every RMSNorm (computed in float32): its input, square and normalised value
+        [b, L, d] in float32, its output [b, L, d] in a, two [b, L, 1] float32 statistics;
+      - every attention (an encoder layer has one, a decoder layer a causal self-attention
+        and a cross-attention with Lk = the encoder's length): query and key [b, L, H, k] in
+        float32 when `float32_attention_logits` (else a), value and context in a; the
+        softmax's exponentials [b, H, Lq, Lk] in float32 with their sum [b, H, Lq, 1], and
+        the weights A·V reads [b, H, Lq, Lk] in a (after dropout, when there is dropout);
+      - the MLP [b, L, f] in a: what each activation's derivative keeps (ReLU a boolean mask;
+        SiLU its input and 2 intermediates; GELU its input and 4), every branch's output
+        when gated (the product reads both), and what `wo` reads (the dropped-out hidden
+        layer, else the product, else the one branch's output);
+      - and the layer's kernels cast to a for the matmuls, when a is not float32.
+    * 'full' (nothing saveable): each layer's input [b, L, d] in a.
+    * 'minimal' (matmul outputs without batch dimensions: the projections,
+      not the attention scores): each layer's input, the query, key and value projections
+      [b, L, H·k] and the `out` projection [b, Lq, d] of every attention, and the MLP's `wi`
+      outputs [b, L, f], all in a.
+    * 'dots' (every matmul output): as 'minimal', plus every attention's
+      q·k logits [b, H, Lq, Lk] (in float32 with `float32_attention_logits`) and its
+      weights·v product [b, Lq, H·k] in a.
+    * With remat, the attention masks [b, 1, Lq, Lk] (booleans, one per kind of attention)
+      are kept as the layers' inputs.
+
+    Once per model, whatever the policy: the token ids (int32), both final norms' float32
+    values (as above), the encoder's output [b, Le, d] in a (after dropout, if any) that the
+    cross-attentions read, the decoder's output in float32 that the logits projection reads,
+    and the float32 logits [b, Ld, vocab]. On top of these residuals (`transient`): the
+    logits' gradient at the start of the backward pass or, with remat, the larger of an
+    encoder and a decoder layer's 'none' set while that layer is recomputed, whichever is
+    larger.
+
+    Each tensor is split over the mesh as its logical axes say (`batch` over data; `heads`,
+    `joined_kv`, `mlp`, `vocab` over model; `embed` over model with
+    `activation_partitioning_dims=2`), axes the mesh does not divide evenly left whole.
+    Left out: relative-position buckets, the loss's per-token values [b, Ld] and a tied
+    embedding's transpose.
+    """
+    policy = check_remat_policy(remat_policy)
+    if config.dtype not in DTYPE_BYTES:
+        raise ConfigError(f"No byte size for dtype {config.dtype!r}; expected {DTYPE_BYTES}.")
+    if batch_size % mesh.data:
+        raise ConfigError(
+            f"The (micro)batch of {batch_size} rows does not split over the data axis of "
+            f"{mesh.data} devices; choose a batch size and num_microbatches so that "
+            f"batch_size / num_microbatches is a multiple of {mesh.data}."
+        )
+    le, ld = input_length, target_length
+    blocks = _Layers(config, batch_size)
+
+    def size(tensors: Sequence[_Tensor]) -> int:
+        return sum(
+            t.itemsize * shard_elements(t.shape, mesh_spec(t.axes, rules), mesh) for t in tensors
+        )
+
+    def layers(p: str) -> tuple[int, int]:
+        return size(blocks.layer("encoder", le, ld, p)), size(blocks.layer("decoder", le, ld, p))
+
+    encoder_layer, decoder_layer = layers(policy)
+    stacks = blocks.stacks(le, ld, policy)
+    logits_gradient = size(stacks[-1:])
+    recomputed = 0 if policy == "none" else max(layers("none"))
+    copies = policy == "none" and blocks.a != 4
+    return ActivationEstimate(
+        encoder_layer=encoder_layer,
+        decoder_layer=decoder_layer,
+        stacks=size(stacks),
+        weight_copies=size(blocks.weight_copies()) if copies else 0,
+        transient=max(logits_gradient, recomputed),
+        num_encoder_layers=config.num_encoder_layers,
+        num_decoder_layers=config.num_decoder_layers,
+    )
+
+
+# --- the whole step ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-device bytes of a training step; `table()` renders it in GiB."""
+
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    activations: ActivationEstimate
+    mesh: MeshShape
+    labels: Mapping[str, str]
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.activations.total
+
+    def rows(self) -> list[tuple[str, int]]:
+        return [
+            (f"parameters ({self.labels['parameters']})", self.parameters),
+            (f"gradients ({self.labels['gradients']})", self.gradients),
+            (f"optimizer state ({self.labels['optimizer']})", self.optimizer_state),
+            (f"activations ({self.labels['activations']})", self.activations.total),
+            ("total", self.total),
+        ]
+
+    def table(self) -> str:
+        """A plain-text table, one line per component, GiB per device."""
+        title = (
+            f"per device, mesh data={self.mesh.data} x model={self.mesh.model} "
+            f"({self.mesh.devices} devices)"
+        )
+        rows = self.rows()
+        width = max(len(title), *(len(name) for name, _ in rows))
+        lines = [f"{title:<{width}}  {'GiB':>7}"]
+        lines += [f"{name:<{width}}  {value / GiB:>7.2f}" for name, value in rows]
+        return "\n".join(lines)
+
+
+def estimate(
+    config: TransformerConfig,
+    *,
+    batch_size: int,
+    input_length: int,
+    target_length: int,
+    num_devices: int = 1,
+    num_partitions: int = 1,
+    parameter_partitioning_dims: int = 1,
+    activation_partitioning_dims: int = 1,
+    optimizer: OptimizerConfig | None = None,
+    remat_policy: str | None = None,
+    num_microbatches: int = 1,
+) -> MemoryEstimate:
+    """Per-device memory of one training step of `config` on `num_devices` devices.
+
+    batch_size: the global batch (`BATCH_SIZE`); each microbatch holds batch_size /
+        num_microbatches rows, split over the data axis.
+    remat_policy: None = `config.remat_policy` when the config has one, else 'none'.
+    optimizer: None = `OptimizerConfig()` (Adam).
+    """
+    if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int):
+        raise ConfigError(f"num_microbatches={num_microbatches!r} must be an integer >= 1.")
+    if num_microbatches < 1 or batch_size % num_microbatches:
+        raise ConfigError(
+            f"num_microbatches={num_microbatches} must be >= 1 and divide batch_size="
+            f"{batch_size} (train.num_microbatches)."
+        )
+    policy = remat_policy if remat_policy is not None else getattr(config, "remat_policy", "none")
+    optimizer = optimizer or OptimizerConfig()
+    mesh = MeshShape.for_devices(num_devices, num_partitions)
+    rules = logical_axis_rules(parameter_partitioning_dims, activation_partitioning_dims)
+    params = parameter_bytes(config, mesh, rules)
+    micro = batch_size // num_microbatches
+    activations = activation_bytes(
+        config,
+        batch_size=micro,
+        input_length=input_length,
+        target_length=target_length,
+        mesh=mesh,
+        rules=rules,
+        remat_policy=policy,
+    )
+    copies = 2 if num_microbatches > 1 else 1
+    rows_per_device = micro // mesh.data
+    return MemoryEstimate(
+        parameters=params,
+        gradients=copies * params,
+        optimizer_state=optimizer_state_bytes(config, optimizer, mesh, rules),
+        activations=activations,
+        mesh=mesh,
+        labels={
+            "parameters": f"float32, {parameter_partitioning_dims}-D",
+            "gradients": "float32" + (", + accumulator" if copies == 2 else ""),
+            "optimizer": describe_optimizer(optimizer),
+            "activations": (
+                f"{config.dtype}, remat {policy}, {rows_per_device} rows x "
+                f"{input_length}/{target_length}"
+            ),
+        },
+    )

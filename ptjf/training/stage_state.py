@@ -1,0 +1,115 @@
+"""The state a stage starts from, placed on the run's mesh: fresh, resumed, carried or switched.
+
+Every path gives the same layout, the partitioner's shardings of the `TrainState`, so a stage's
+train step compiles once and a checkpoint restores onto whatever mesh the run has now:
+
+* fresh: the initialiser runs under `jit` with the state's shardings as outputs, so each device
+  creates only its own shard (an mT5-XXL never exists whole on one host);
+* resumed / carried: orbax reads each device's slice of the saved arrays straight into the
+  target shardings, whatever mesh wrote them (resharding);
+* switched: the source's parameters are restored sharded, and the fresh optimizer state is
+  built under `jit` into its shardings.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import jax
+import optax
+
+from ptjf import checkpoints as ckpt
+from ptjf import stages as stg
+from ptjf.models import EncoderDecoder, TransformerConfig, init_params, param_logical_axes
+from ptjf.partitioning import Partitioner
+from ptjf.training.train_state import TrainState
+
+
+def abstract_params(config: TransformerConfig):
+    """Shapes and dtypes of the model's parameters, without allocating them."""
+    return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+
+
+def param_shardings(partitioner: Partitioner, config: TransformerConfig) -> Any:
+    """Each parameter's NamedSharding, from its logical axes and the partitioner's rules."""
+    return partitioner.param_shardings(
+        param_logical_axes(EncoderDecoder(config)), abstract_params(config)
+    )
+
+
+def state_shardings(
+    partitioner: Partitioner, config: TransformerConfig, tx: optax.GradientTransformation
+) -> TrainState:
+    """The `TrainState` of shardings for `tx`'s optimizer state over the model's parameters."""
+    abstract = jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(config))
+    return partitioner.state_shardings(abstract, param_shardings(partitioner, config))
+
+
+def sharded_params_target(partitioner: Partitioner, config: TransformerConfig) -> Any:
+    """Restore target for parameters: shapes, dtypes and this mesh's shardings."""
+    return partitioner.with_shardings(abstract_params(config), param_shardings(partitioner, config))
+
+
+def restore_params(
+    checkpointer: ckpt.StageCheckpointer,
+    step: int,
+    partitioner: Partitioner,
+    config: TransformerConfig,
+) -> tuple[Any, dict]:
+    """A checkpoint's parameters on this run's mesh (any mesh may have written them)."""
+    return checkpointer.restore_params(
+        step, target_params=sharded_params_target(partitioner, config)
+    )
+
+
+def switched_state(
+    params: Any, tx: optax.GradientTransformation, shardings: TrainState, partitioner: Partitioner
+) -> TrainState:
+    """The stage switch on the mesh: these parameters, a fresh sharded optimizer state, step 0."""
+    return partitioner.jit(
+        lambda p: stg.switch_state(p, tx), out_shardings=shardings, donate_argnums=(0,)
+    )(params)
+
+
+def build_state(
+    plan: stg.Plan,
+    index: int,
+    model_dir: str,
+    config: TransformerConfig,
+    checkpoint: ckpt.CheckpointConfig,
+    seed: int,
+    tx: optax.GradientTransformation,
+    partitioner: Partitioner,
+) -> tuple[TrainState, dict[str, Any], tuple[str, int] | None]:
+    """The state a stage starts (or resumes) from, its saved metadata and its parent."""
+    stage = plan.stages[index]
+    shardings = state_shardings(partitioner, config, tx)
+    target = partitioner.with_shardings(
+        jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(config)), shardings
+    )
+    here = os.path.join(model_dir, stage.name)
+    own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
+    if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
+        with ckpt.StageCheckpointer(here, checkpoint, read_only=True) as c:
+            state, meta = c.restore(own[-1], target_state=target)
+        lineage = meta.get("lineage") or {}
+        parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
+        return state, meta, parent
+    if index == 0 or stage.init_from == "scratch":
+        rng = jax.random.fold_in(jax.random.key(seed), index)
+        state = partitioner.init(
+            lambda r: stg.switch_state(init_params(config, r), tx), shardings, rng
+        )
+        return state, {}, None
+    prev = plan.stages[index - 1]
+    prev_dir = os.path.join(model_dir, prev.name)
+    with ckpt.StageCheckpointer(prev_dir, checkpoint, read_only=True) as c:
+        if stage.carries_optimizer:
+            full, meta = c.restore(prev.steps, target_state=target)
+            state = stg.carry_state(full)
+        else:
+            params, meta = restore_params(c, prev.steps, partitioner, config)
+            state = switched_state(params, tx, shardings, partitioner)
+    return state, meta, (prev_dir, prev.steps)
