@@ -43,7 +43,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 import ptjf
-from ptjf.errors import CheckpointError, ConfigError
+from ptjf import faults
+from ptjf.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from ptjf.integrity import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -448,19 +450,30 @@ class StageCheckpointer:
         if step in self._manager.all_steps():
             log.info("Checkpoint step %d already in %s; not saving it again.", step, self.directory)
             return False
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    PARAMS: ocp.args.StandardSave(params),
-                    OPT_STATE: ocp.args.StandardSave(opt_state),
-                    STEP: ocp.args.ArraySave(jnp.asarray(step_value, jnp.int32)),
-                    METADATA: ocp.args.JsonSave(meta),
-                }
-            ),
-            force=True,  # the period decision is made above, not by orbax's interval policy
-        )
+        # What a restore must read back (ptjf.integrity): a corrupted checkpoint is caught.
+        meta["fingerprints"] = {PARAMS: fingerprint(params), OPT_STATE: fingerprint(opt_state)}
+        try:
+            faults.inject("save_write", step)
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(
+                    **{
+                        PARAMS: ocp.args.StandardSave(params),
+                        OPT_STATE: ocp.args.StandardSave(opt_state),
+                        STEP: ocp.args.ArraySave(jnp.asarray(step_value, jnp.int32)),
+                        METADATA: ocp.args.JsonSave(meta),
+                    }
+                ),
+                force=True,  # the period decision is made above, not by orbax's interval policy
+            )
+        except OSError as e:
+            raise CheckpointError(
+                f"Writing checkpoint step {step} to {self.directory} failed: {e}. Older "
+                f"checkpoints were kept ({self.all_steps()}). Free space or fix permissions, "
+                "then rerun the same command: it resumes from the newest of them."
+            ) from e
         self._pending = step
+        faults.inject("save", step)  # a kill here lands while the async write is in flight
         return True
 
     def due(self, step: int, *, force: bool = False) -> bool:
@@ -514,10 +527,10 @@ class StageCheckpointer:
         try:
             item_metadata = self._manager.metadata(step).item_metadata
             stored = item_metadata.get(item)
-        except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"Cannot read the metadata of item {item!r} in {self._location(step)}: {e}. "
-                "The checkpoint may be corrupt; restore another step."
+        except Exception as e:
+            raise CorruptCheckpointError(
+                f"Checkpoint {self._location(step)} is corrupted: the metadata of item "
+                f"{item!r} cannot be read ({type(e).__name__}: {e})."
             ) from e
         if stored is None:
             raise CheckpointError(
@@ -526,7 +539,8 @@ class StageCheckpointer:
             )
         return tree_signature(getattr(stored, "tree", stored))
 
-    def _validate(self, step: int, item: str, target: Any) -> None:
+    def _validate(self, step: int, item: str, target: Any) -> bool:
+        """Checks that `target` fits the stored item; returns whether it casts any dtype."""
         stored = self._stored_signature(step, item)
         casts = check_fits(stored, tree_signature(target), item, self._location(step))
         if casts:
@@ -537,6 +551,7 @@ class StageCheckpointer:
                 len(casts),
                 _paths_text(casts),
             )
+        return bool(casts)
 
     def _location(self, step: int) -> str:
         return str(self.directory / str(step))
@@ -544,10 +559,22 @@ class StageCheckpointer:
     def _restore_items(self, step: int, items: dict[str, ocp.args.CheckpointArgs]) -> Any:
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(
-                f"Restoring {', '.join(items)} from {self._location(step)} failed: {e}"
+        except Exception as e:  # tensorstore, JSON and file errors alike: unreadable files
+            raise CorruptCheckpointError(
+                f"Checkpoint {self._location(step)} is corrupted: restoring {', '.join(items)} "
+                f"failed ({type(e).__name__}: {e})."
             ) from e
+
+    def _verify(self, step: int, meta: Mapping[str, Any], **items: Any) -> None:
+        """Raises CorruptCheckpointError when a restored item's fingerprint is not the saved."""
+        saved = meta.get("fingerprints") or {}
+        for name, tree in items.items():
+            if name in saved and (got := fingerprint(tree)) != saved[name]:
+                raise CorruptCheckpointError(
+                    f"Checkpoint {self._location(step)} is corrupted: its {name} read back with "
+                    f"fingerprint {got}, but {saved[name]} was saved. Its files were altered "
+                    "after the save (disk or copy error)."
+                )
 
     def restore(self, step: int | None = None, *, target_state: Any) -> tuple[Any, dict]:
         """Full train state at `step` (None = latest) onto `target_state`'s structure.
@@ -557,8 +584,8 @@ class StageCheckpointer:
         """
         step = self._resolve(step)
         target_step, target_params, target_opt = _state_parts(target_state)
-        self._validate(step, PARAMS, target_params)
-        self._validate(step, OPT_STATE, target_opt)
+        cast = self._validate(step, PARAMS, target_params)
+        cast |= self._validate(step, OPT_STATE, target_opt)
         restored = self._restore_items(
             step,
             {
@@ -568,8 +595,11 @@ class StageCheckpointer:
                 METADATA: ocp.args.JsonRestore(),
             },
         )
+        meta = dict(restored[METADATA])
+        if not cast:  # a cast changes the bits; the fit check above covered that case
+            self._verify(step, meta, **{PARAMS: restored[PARAMS], OPT_STATE: restored[OPT_STATE]})
         state = _with_parts(target_state, restored[STEP], restored[PARAMS], restored[OPT_STATE])
-        return state, dict(restored[METADATA])
+        return state, meta
 
     def restore_params(
         self, step: int | None = None, *, target_params: Any = None
@@ -579,13 +609,15 @@ class StageCheckpointer:
         Without `target_params` the stored tree is returned as saved (no fit check).
         """
         step = self._resolve(step)
-        if target_params is not None:
-            self._validate(step, PARAMS, target_params)
+        cast = target_params is not None and self._validate(step, PARAMS, target_params)
         restored = self._restore_items(
             step,
             {PARAMS: ocp.args.StandardRestore(target_params), METADATA: ocp.args.JsonRestore()},
         )
-        return restored[PARAMS], dict(restored[METADATA])
+        meta = dict(restored[METADATA])
+        if not cast:
+            self._verify(step, meta, **{PARAMS: restored[PARAMS]})
+        return restored[PARAMS], meta
 
     def read_metadata(self, step: int | None = None) -> dict:
         """The JSON metadata item of `step` (None = latest), without reading any array."""

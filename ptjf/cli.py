@@ -115,6 +115,13 @@ def _add_multihost_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator_address", help="HOST:PORT of process 0, for a multi-process run")
     p.add_argument("--process_count", type=int, help="number of processes in the run")
     p.add_argument("--process_index", type=int, help="this process's index, 0..count-1")
+    p.add_argument(
+        "--peer_timeout_s",
+        type=float,
+        default=60.0,
+        help="seconds without a heartbeat from another process before this one stops, naming "
+        "it (multi-process runs; default 60)",
+    )
 
 
 def _join_multihost(args: argparse.Namespace) -> None:
@@ -126,6 +133,7 @@ def _join_multihost(args: argparse.Namespace) -> None:
             coordinator_address=args.coordinator_address,
             process_count=args.process_count,
             process_index=args.process_index,
+            peer_timeout_s=args.peer_timeout_s,
         )
     )
 
@@ -141,6 +149,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     _join_multihost(args)
     summary = train.run(files, bindings)
+    if summary.preempted:
+        print(
+            f"ptjf train: preempted; saved global step {summary.global_step} in "
+            f"{summary.model_dir}. Rerun the same command to resume."
+        )
+        return 0
     print(f"ptjf train: done at global step {summary.global_step}; results in {summary.model_dir}")
     return 0
 
@@ -408,11 +422,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    from ptjf import distributed
+
     try:
         return int(args.fn(args) or 0)
     except (PtjfError, UnknownNameError) as e:
-        print(f"ptjf {args.command}: error: {e}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines: the user's message is the rest.
+        message = "\n".join(
+            line for line in str(e).splitlines() if not line.startswith("  In call to configurable")
+        )
+        print(f"ptjf {args.command}: error: {message}", file=sys.stderr)
+        distributed.stop_after_failure(e, 2)  # a multi-process run exits here, at once
         return 2
+    except Exception as e:
+        distributed.stop_after_failure(e, 1, traceback=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 from collections.abc import Mapping
 
 from ptjf.errors import ConfigError
+from ptjf.watchdog import PeerWatchdog, exit_lost
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class DistributedConfig:
     process_count: int | None = None
     process_index: int | None = None
     initialization_timeout_s: int = 300
+    peer_timeout_s: float = 60.0
+    """A peer silent this long is lost: this process stops, naming it (`ptjf.watchdog`)."""
 
     def __post_init__(self) -> None:
         given = [
@@ -39,6 +43,11 @@ class DistributedConfig:
             self.process_count is not None,
             self.process_index is not None,
         ]
+        if not self.peer_timeout_s > 0:
+            raise ConfigError(
+                f"--peer_timeout_s={self.peer_timeout_s!r} must be > 0 (seconds a silent host "
+                "is waited for before the others stop)."
+            )
         if any(given) and not all(given):
             raise ConfigError(
                 "Multi-process flags must come together: --coordinator_address HOST:PORT, "
@@ -74,6 +83,7 @@ def cluster_from_environment(env: Mapping[str, str] | None = None) -> str | None
 
 
 _initialized = False
+_watchdog: PeerWatchdog | None = None
 
 
 def initialize(config: DistributedConfig, env: Mapping[str, str] | None = None) -> bool:
@@ -102,7 +112,12 @@ def initialize(config: DistributedConfig, env: Mapping[str, str] | None = None) 
         kwargs = {}
         log.info("multi-process run detected from the environment (%s)", cluster)
     try:
-        jax.distributed.initialize(initialization_timeout=config.initialization_timeout_s, **kwargs)
+        jax.distributed.initialize(
+            initialization_timeout=config.initialization_timeout_s,
+            # JAX's own heartbeat aborts natively; ptjf's watchdog names the lost host first.
+            heartbeat_timeout_seconds=int(max(100, 2 * config.peer_timeout_s)),
+            **kwargs,
+        )
     except Exception as e:
         where = kwargs.get("coordinator_address", "the cluster's coordinator")
         raise ConfigError(
@@ -111,6 +126,17 @@ def initialize(config: DistributedConfig, env: Mapping[str, str] | None = None) 
             "distinct --process_index, and that process 0's port is reachable."
         ) from e
     _initialized = True
+    if jax.process_count() > 1:
+        from jax._src import distributed as jax_distributed
+
+        global _watchdog
+        _watchdog = PeerWatchdog(
+            jax_distributed.global_state.client,
+            jax.process_index(),
+            jax.process_count(),
+            timeout_s=config.peer_timeout_s,
+            interval_s=min(2.0, config.peer_timeout_s / 4),
+        ).start()
     log.info(
         "process %d of %d; %d local / %d global devices",
         jax.process_index(),
@@ -126,3 +152,34 @@ def is_primary() -> bool:
     import jax
 
     return jax.process_index() == 0
+
+
+def stop_after_failure(error: BaseException, exit_code: int, *, traceback: bool = False) -> None:
+    """In a multi-process run whose main thread failed, exits at once; returns otherwise.
+
+    A failed collective usually means a peer died: the watchdog names it (within its timeout),
+    else the error is the reason. Exiting with `os._exit` skips JAX's shutdown barrier, which
+    would wait minutes for the peer that is gone.
+    """
+    if not _initialized:
+        return
+    if traceback:
+        import traceback as tb
+
+        tb.print_exception(error)
+    verdict = _watchdog.wait_for_verdict() if _watchdog is not None else None
+    if verdict:  # the watchdog thread exits with this message too, whichever comes first
+        exit_lost(verdict)
+    print(
+        f"ptjf: error: process {_process_index()} stops: {type(error).__name__}: {error}; "
+        "rerun the same command on every host to resume from the last checkpoint.",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(exit_code)
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()

@@ -31,6 +31,10 @@ class CheckpointError(PtjfError):
     """A checkpoint is missing, corrupt or does not fit the model."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint's files cannot be read, or what they hold is not what was saved."""
+
+
 class UnknownNameError(KeyError):
     """A task, mixture, method or preset name that is not registered.
 

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -154,6 +155,20 @@ def _remove_existing(name: str, overwrite: bool) -> None:
         seqio.MixtureRegistry.remove(name)
 
 
+def _check_vocabulary_file(name: str, vocabulary: seqio.Vocabulary | None) -> None:
+    """A user-supplied SentencePiece model that is not there fails at registration, not deep
+    inside tf.data at the first batch (ptjf's own cached vocabularies build themselves)."""
+    if type(vocabulary) is not seqio.SentencePieceVocabulary:
+        return
+    path = vocabulary.sentencepiece_model_file
+    if "://" not in path and not os.path.exists(path):
+        raise DataError(
+            f"Task {name!r}: the vocabulary's SentencePiece model {path!r} does not exist. Pass "
+            "an existing .model file, or leave vocabulary=None to build one from the task's "
+            "training text."
+        )
+
+
 def _add_task(
     name: str,
     *,
@@ -180,6 +195,7 @@ def _add_task(
     """
     if (loader is None) == (source is None):
         raise ConfigError(f"Task {name!r}: give exactly one of loader= and source=.")
+    _check_vocabulary_file(name, vocabulary)
     with _LOCK:
         _remove_existing(name, overwrite)
         if vocabulary is None:

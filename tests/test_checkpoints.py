@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from ptjf import checkpoints as ck
+from ptjf import integrity
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.training import train_state
 
@@ -81,7 +82,13 @@ def test_round_trip_is_bitwise_and_keeps_metadata(tmp_path):
     assert_bitwise_equal(restored, state)
     assert isinstance(restored["opt_state"][0], optax.ScaleByAdamState)
     assert int(restored["step"]) == 7 and restored["step"].dtype == jnp.int32
+    fingerprints = meta.pop("fingerprints")
     assert meta == {**META, "step": 7, "ptjf_version": "0.1.0"}
+    # What a restore verifies: the saved arrays' checksums (ptjf.integrity).
+    assert fingerprints == {
+        "params": integrity.fingerprint(state["params"]),
+        "opt_state": integrity.fingerprint(state["opt_state"]),
+    }
     assert meta["lineage"] == {"parent_path": "/m/pretrain", "parent_step": 100}
     assert sorted(os.listdir(tmp_path / "stage" / "7")) == sorted(
         ["_CHECKPOINT_METADATA", "commit_success.txt", "metadata", "opt_state", "params", "step"]
@@ -281,7 +288,9 @@ def test_metadata_must_be_json(tmp_path):
     with pytest.raises(CheckpointError, match="metadata says step 2"):
         ckpt.save(1, make_state(), {"step": 2})
     assert ckpt.save(1, make_state(), {"loss": np.float32(0.5), "pair": (1, "a")})
-    assert ckpt.read_metadata(1) == {
+    meta = ckpt.read_metadata(1)
+    assert set(meta.pop("fingerprints")) == {"params", "opt_state"}
+    assert meta == {
         "loss": 0.5,
         "pair": [1, "a"],
         "step": 1,

@@ -53,10 +53,10 @@ def check_lengths(lengths: Mapping[str, int], where: str = "task_feature_lengths
         )
     for key in FEATURE_KEYS:
         value = lengths[key]
-        if not _is_int(value) or value <= 0:
+        if not _is_int(value) or value < 2:
             raise ConfigError(
-                f"{where}[{key!r}]={value!r}: sequence lengths must be positive integers "
-                "(tokens per example, EOS included)."
+                f"{where}[{key!r}]={value!r}: sequence lengths must be integers >= 2 (tokens "
+                "per example, EOS included; a length of 1 leaves room for EOS only)."
             )
     return {k: int(lengths[k]) for k in FEATURE_KEYS}
 
@@ -208,6 +208,22 @@ def train_batches(
     return iter(ds.as_numpy_iterator())
 
 
+def check_input_shards(batch_size: int, num_host_shards: int, input_shards: int | None) -> int:
+    """The number of input shards the stream is cut into (`host_train_batches`), checked."""
+    shards = num_host_shards if input_shards is None else input_shards
+    if not _is_int(shards) or shards < 1 or shards % num_host_shards:
+        raise ConfigError(
+            f"train.input_shards={input_shards!r} must be a multiple of the {num_host_shards} "
+            "data shard(s) the hosts feed (or None for one per host)."
+        )
+    if batch_size % shards:
+        raise ConfigError(
+            f"BATCH_SIZE={batch_size} does not split into {shards} input shards of equal size; "
+            "choose train.input_shards (or the number of hosts) so that it divides the batch."
+        )
+    return shards
+
+
 def host_train_batches(
     config: DatasetConfig,
     *,
@@ -224,12 +240,7 @@ def host_train_batches(
     their rows, so a run resumed on another topology, or checked against a single process,
     sees exactly the batches it would have seen.
     """
-    shards = num_host_shards if input_shards is None else input_shards
-    if not _is_int(shards) or shards < 1 or shards % num_host_shards:
-        raise ConfigError(
-            f"train.input_shards={input_shards!r} must be a multiple of the {num_host_shards} "
-            "data shard(s) the hosts feed (or None for one per host)."
-        )
+    shards = check_input_shards(config.batch_size, num_host_shards, input_shards)
     per_host = shards // num_host_shards
     streams = [
         train_batches(

@@ -6,7 +6,8 @@ train step compiles once and a checkpoint restores onto whatever mesh the run ha
 * fresh: the initialiser runs under `jit` with the state's shardings as outputs, so each device
   creates only its own shard (an mT5-XXL never exists whole on one host);
 * resumed / carried: orbax reads each device's slice of the saved arrays straight into the
-  target shardings, whatever mesh wrote them (resharding);
+  target shardings, whatever mesh wrote them (resharding); a resumed stage whose newest
+  checkpoint is corrupted falls back to the one before;
 * switched: the source's parameters are restored sharded, and the fresh optimizer state is
   built under `jit` into its shardings.
 """
@@ -14,17 +15,23 @@ train step compiles once and a checkpoint restores onto whatever mesh the run ha
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from typing import Any
 
 import jax
 import optax
 
 from ptjf import checkpoints as ckpt
+from ptjf import distributed
 from ptjf import stages as stg
+from ptjf.errors import CorruptCheckpointError
 from ptjf.models import EncoderDecoder, TransformerConfig, init_params, param_logical_axes
 from ptjf.partitioning import Partitioner
 from ptjf.training.train_state import TrainState
+
+log = logging.getLogger(__name__)
 
 
 def abstract_params(config: TransformerConfig):
@@ -73,6 +80,39 @@ def switched_state(
     )(params)
 
 
+def quarantine(stage_dir: str, step: int) -> str:
+    """Moves a corrupted checkpoint aside (kept for inspection, never deleted), so the run
+    can write that step again; returns where it went."""
+    target = os.path.join(stage_dir, "corrupted", f"{step}-{int(time.time())}")
+    if distributed.is_primary():
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(os.path.join(stage_dir, str(step)), target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"ptjf quarantine {stage_dir} {step}")
+    return target
+
+
+def restore_newest_good(
+    stage_dir: str, steps: list[int], checkpoint: ckpt.CheckpointConfig, target: Any
+) -> tuple[TrainState, dict[str, Any]]:
+    """The newest checkpoint of `steps` that reads back as saved; corrupted ones are reported
+    and moved aside (`quarantine`), and the one before is tried."""
+    for step in reversed(steps):
+        try:
+            with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+                return c.restore(step, target_state=target)
+        except CorruptCheckpointError as e:
+            where = quarantine(stage_dir, step)
+            log.error("%s Moved it to %s; trying the checkpoint before it.", e, where)
+    raise CorruptCheckpointError(
+        f"No checkpoint in {stage_dir} reads back as saved (steps {steps} were corrupted and "
+        f"moved to {os.path.join(stage_dir, 'corrupted')}). To restart the stage from its "
+        "parent, move the stage directory aside and rerun the same command."
+    )
+
+
 def build_state(
     plan: stg.Plan,
     index: int,
@@ -92,8 +132,7 @@ def build_state(
     here = os.path.join(model_dir, stage.name)
     own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
     if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
-        with ckpt.StageCheckpointer(here, checkpoint, read_only=True) as c:
-            state, meta = c.restore(own[-1], target_state=target)
+        state, meta = restore_newest_good(here, own, checkpoint, target)
         lineage = meta.get("lineage") or {}
         parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
         return state, meta, parent

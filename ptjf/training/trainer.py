@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptjf import checkpoints as ckpt
-from ptjf import distributed
+from ptjf import distributed, faults
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.data.vocabularies import padded_vocab_size
@@ -42,6 +42,7 @@ from ptjf.training import steps
 from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter, ProgressDisplay
+from ptjf.training.preemption import Preempted, PreemptionWatch
 from ptjf.training.stage_state import build_state, state_shardings
 from ptjf.training.train_state import TrainState
 
@@ -57,6 +58,8 @@ class RunSummary:
     model_dir: str
     global_step: int
     last_eval: dict[str, Any] | None
+    preempted: bool = False
+    """True when a SIGTERM stopped the run after saving; the same command resumes it."""
 
 
 def make_apply_fn(model: EncoderDecoder):
@@ -172,6 +175,7 @@ class _Run:
     tokens_seen: dict[str, int]
     bleu: BleuEvaluator | None = None
     last_eval: dict[str, Any] | None = None
+    preemption: PreemptionWatch | None = None
     _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def restore_counts(self, meta: Mapping[str, Any]) -> None:
@@ -303,9 +307,10 @@ def train(
     stop = names.index(last_stage) if last_stage is not None else len(names) - 1
     eval_tasks = stg.plan_eval_tasks(plan)
     bleu_languages = bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
+    partitioner = partitioner or Partitioner()
+    check_plan(plan, stop, lengths, batch_size, num_microbatches, partitioner, input_shards)
 
     # --- set-up: mesh, model, eval data, writers ----------------------------------------
-    partitioner = partitioner or Partitioner()
     log.info("%s", partitioner.describe())
     config = model_config(plan)
     apply_fn = make_apply_fn(EncoderDecoder(config))
@@ -364,21 +369,64 @@ def train(
     latest = ckpt.find_latest(model_dir, [s.name for s in plan.stages])
     resume_index = latest[0] if latest else 0
     try:
-        for index, stage in enumerate(plan.stages[: stop + 1]):
-            stage_dir = os.path.join(model_dir, stage.name)
-            done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
-            if index < resume_index or (done and done[-1] >= stage.steps):
-                if done:
-                    with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
-                        run.restore_counts(c.read_metadata(done[-1]))
-                log.info("stage %s is complete; skipping it", stage.name)
-                continue
-            _train_stage(run, index)
+        with PreemptionWatch() as run.preemption:
+            for index, stage in enumerate(plan.stages[: stop + 1]):
+                stage_dir = os.path.join(model_dir, stage.name)
+                done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+                if index < resume_index or (done and done[-1] >= stage.steps):
+                    if done:
+                        with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+                            run.restore_counts(c.read_metadata(done[-1]))
+                    log.info("stage %s is complete; skipping it", stage.name)
+                    continue
+                _train_stage(run, index)
+    except Preempted as p:
+        index = names.index(p.stage)
+        return RunSummary(
+            model_dir=model_dir,
+            global_step=plan.steps_before(index) + p.step,
+            last_eval=run.last_eval,
+            preempted=True,
+        )
     finally:
         writer.close()
     return RunSummary(
         model_dir=model_dir, global_step=plan.steps_before(stop + 1), last_eval=run.last_eval
     )
+
+
+def check_plan(
+    plan: stg.Plan,
+    stop: int,
+    lengths: Mapping[str, int],
+    batch_size: int,
+    num_microbatches: int,
+    partitioner: Partitioner,
+    input_shards: int | None,
+) -> None:
+    """Every stage's settings, checked before anything is written: a mistake in the joint
+    stage must not surface after hours of pre-training."""
+    for index, stage in enumerate(plan.stages[: stop + 1]):
+        stg.make_tx(plan, index)  # optimizer, schedule vs the stage's length
+        data.effective_rates(
+            data.DatasetConfig(
+                mixture_or_task_name=stage.mixture_or_task_name,
+                task_feature_lengths=lengths,
+                batch_size=batch_size,
+                rates=stage.rates,
+            )
+        )
+    if (
+        isinstance(num_microbatches, bool)
+        or not isinstance(num_microbatches, int)
+        or (num_microbatches < 1 or batch_size % num_microbatches)
+    ):
+        raise ConfigError(
+            f"train.num_microbatches={num_microbatches!r} must be an integer >= 1 that divides "
+            f"train.batch_size={batch_size}."
+        )
+    _, num_shards = partitioner.data_shard(batch_size)
+    data.check_input_shards(batch_size, num_shards, input_shards)
 
 
 def bleu_tasks(
@@ -472,6 +520,7 @@ def _train_stage(run: _Run, index: int) -> None:
         stage.steps,
     )
     if start == 0:
+        faults.inject("stage_start", index)
         checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
         if opt["eval_at_stage_start"]:
             run.evaluate(state, index, 0, None)
@@ -513,9 +562,15 @@ def _train_stage(run: _Run, index: int) -> None:
                 window_tokens, window_start = 0, time.perf_counter()
                 if is_eval:
                     run.evaluate(state, index, step, scalars)
-            last = step == stage.steps
-            if checkpointer.due(step, force=last):
-                checkpointer.save(step, state, run.metadata(index, step, parent), force=last)
+            # On SIGTERM: this step is done; save it and stop (the same command resumes).
+            stop = run.preemption is not None and run.preemption.requested(base_step + step)
+            force = stop or step == stage.steps
+            if checkpointer.due(step, force=force):
+                checkpointer.save(step, state, run.metadata(index, step, parent), force=force)
+            if stop:
+                checkpointer.wait()
+                log.warning("preempted: saved stage %r step %d in %s", stage.name, step, stage_dir)
+                raise Preempted(stage.name, step)
     finally:
         progress.close()
         checkpointer.close()
