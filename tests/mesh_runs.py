@@ -47,37 +47,44 @@ BINDINGS = [
     "train.train_eval_examples = 8",
     "train.log_every = 1",
     "train.tensorboard = False",
+    "TransformerConfig.dropout_rate = 0.0",
 ]
 # name: (num_partitions, devices, parameter_partitioning_dims, extra gin bindings); "fsdp" also
 # splits parameters' and optimizer state's `embed` axis over `data` (T5X's 2-D partitioning).
-NO_DROPOUT = ("TransformerConfig.dropout_rate = 0.0",)
+# Runs are without dropout unless named so: microbatches then draw no masks, so gradient
+# accumulation and rematerialisation on a mesh must change no number.
+DROPOUT = ("TransformerConfig.dropout_rate = 0.1",)
 MESHES: dict[str, tuple[int, int, int, tuple[str, ...]]] = {
     "1": (1, 1, 1, ()),
     "8x1": (1, 8, 1, ()),
     "4x2": (2, 8, 1, ()),
     "2x4": (4, 8, 1, ()),
     "4x2-fsdp": (2, 8, 2, ()),
-    # Gradient accumulation and rematerialisation on a mesh change no number (no dropout, so
-    # the microbatches draw no masks); bf16 activations change them within bf16's precision.
-    "1-nodropout": (1, 1, 1, NO_DROPOUT),
     "4x2-micro-remat": (
         2,
         8,
         1,
-        (*NO_DROPOUT, "train.num_microbatches = 2", "TransformerConfig.remat_policy = 'full'"),
+        ("train.num_microbatches = 2", "TransformerConfig.remat_policy = 'full'"),
     ),
+}
+# PTJF_SLOW=1 (the full form) adds: dropout on a mesh draws the one-device masks, and bf16
+# activations on a mesh stay within bf16's precision of float32.
+SLOW_MESHES: dict[str, tuple[int, int, int, tuple[str, ...]]] = {
+    "1-dropout": (1, 1, 1, DROPOUT),
+    "2x4-dropout": (4, 8, 1, DROPOUT),
     "4x2-bf16": (
         2,
         8,
         1,
         (
-            *NO_DROPOUT,
             "TransformerConfig.dtype = 'bfloat16'",
             "train.num_microbatches = 2",
             "TransformerConfig.remat_policy = 'minimal'",
         ),
     ),
 }
+if os.environ.get("PTJF_SLOW") == "1":
+    MESHES.update(SLOW_MESHES)
 
 
 def parse(model_dir: str, *extra: str, files: list[str] = RUN) -> None:

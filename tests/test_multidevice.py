@@ -110,13 +110,30 @@ def test_switch_and_resume_across_meshes(results):
 
 
 def test_microbatches_and_remat_on_a_mesh_change_no_number(results):
-    plain = results["meshes"]["1-nodropout"]
+    plain = results["meshes"]["1"]
     got = results["meshes"]["4x2-micro-remat"]
     np.testing.assert_allclose(got["train_loss"], plain["train_loss"], rtol=2e-6, atol=2e-6)
 
 
-def test_bf16_activations_keep_float32_parameters(results):
-    plain = results["meshes"]["1-nodropout"]
+SLOW = pytest.mark.skipif(
+    os.environ.get("PTJF_SLOW") != "1",
+    reason="full form only (PTJF_SLOW=1); the cheap form checks dropout and bf16 on one device "
+    "(tests/test_models.py, tests/test_remat.py)",
+)
+
+
+@pytest.mark.slow
+@SLOW
+def test_dropout_on_a_mesh_draws_the_one_device_masks(results):
+    one, mesh = results["meshes"]["1-dropout"], results["meshes"]["2x4-dropout"]
+    np.testing.assert_allclose(mesh["train_loss"], one["train_loss"], rtol=2e-6, atol=2e-6)
+    assert not np.allclose(one["train_loss"], results["meshes"]["1"]["train_loss"])
+
+
+@pytest.mark.slow
+@SLOW
+def test_bf16_activations_on_a_mesh_keep_float32_parameters(results):
+    plain = results["meshes"]["1"]
     bf16 = results["meshes"]["4x2-bf16"]
     assert bf16["param_dtypes"] == plain["param_dtypes"] == ["float32"]
     # bfloat16 keeps 8 bits of mantissa: losses agree to about 1%, not to float32 precision.
