@@ -44,13 +44,13 @@ from etils import epath
 
 import ptjf
 from ptjf import faults
+from ptjf.checkpoint_fit import OPT_STATE, check_fits, paths_text, tree_signature
 from ptjf.errors import CheckpointError, ConfigError, CorruptCheckpointError
 from ptjf.integrity import fingerprint
 
 log = logging.getLogger(__name__)
 
-PARAMS, OPT_STATE, STEP, METADATA = "params", "opt_state", "step", "metadata"
-_SHOWN = 8  # paths listed in a mismatch message before "…"
+PARAMS, STEP, METADATA = "params", "step", "metadata"
 
 
 @gin.configurable("CheckpointConfig")
@@ -189,82 +189,6 @@ def _missing_error(directory: Any, step: int | None, steps: Sequence[int]) -> Ch
         f"No finalised checkpoint for step {step} in {directory}; steps that exist: {have}. "
         "Pick one of those steps, or restore the latest one."
     )
-
-
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def tree_signature(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Map 'a/b/c' paths to (shape, dtype name) for arrays, abstract arrays or orbax metadata.
-
-    Tuples and namedtuples (optax states) and the dicts orbax stores them as give the same
-    paths (index, field name), so a target and a checkpoint's metadata compare directly.
-    """
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    signature = {}
-    for keys, leaf in leaves:
-        shape = tuple(int(d) for d in getattr(leaf, "shape", np.shape(leaf)))
-        dtype = getattr(leaf, "dtype", None)
-        dtype = np.result_type(leaf) if dtype is None else dtype
-        signature["/".join(_key_name(k) for k in keys)] = (shape, str(np.dtype(dtype)))
-    return signature
-
-
-def _paths_text(paths: Sequence[str]) -> str:
-    shown = ", ".join(paths[:_SHOWN])
-    return shown + (f", … ({len(paths) - _SHOWN} more)" if len(paths) > _SHOWN else "")
-
-
-def check_fits(
-    stored: Mapping[str, tuple[tuple[int, ...], str]],
-    expected: Mapping[str, tuple[tuple[int, ...], str]],
-    item: str,
-    location: str,
-) -> list[str]:
-    """Raise CheckpointError if a stored tree does not fit the model's; return dtype casts.
-
-    Shape errors name the first mismatching path in the model's order with both shapes;
-    structural errors list the paths missing on either side. Dtype differences are allowed
-    (orbax casts on restore) and returned as 'path: stored -> expected' notes.
-    """
-    if item == OPT_STATE:
-        fix = (
-            "The optimizer differs from the one that wrote the checkpoint: configure the same "
-            "optimizer to resume, or restore parameters only (params_only=True) to start a "
-            "fresh optimizer state."
-        )
-    else:
-        fix = (
-            "The checkpoint was written by another model: use the model configuration that "
-            "wrote it (see its metadata), or start this stage from scratch."
-        )
-    head = f"Checkpoint {location} item {item!r} does not fit the model"
-    missing = [p for p in expected if p not in stored]
-    extra = [p for p in stored if p not in expected]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing in the checkpoint: {_paths_text(missing)}")
-        if extra:
-            parts.append(f"in the checkpoint but not in the model: {_paths_text(extra)}")
-        raise CheckpointError(f"{head}: {'; '.join(parts)}. {fix}")
-    bad = [p for p in expected if stored[p][0] != expected[p][0]]
-    if bad:
-        first = bad[0]
-        more = f" ({len(bad) - 1} more arrays differ)" if len(bad) > 1 else ""
-        raise CheckpointError(
-            f"{head}: at {first} the checkpoint has shape {stored[first][0]} but the model "
-            f"expects {expected[first][0]}{more}. {fix}"
-        )
-    return [
-        f"{p}: {stored[p][1]} -> {expected[p][1]}"
-        for p in expected
-        if stored[p][1] != expected[p][1]
-    ]
 
 
 def _to_json(value: Any, path: str = "metadata") -> Any:
@@ -549,7 +473,7 @@ class StageCheckpointer:
                 self._location(step),
                 item,
                 len(casts),
-                _paths_text(casts),
+                paths_text(casts),
             )
         return bool(casts)
 

@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ptjf.checkpoint_fit import key_name
 from ptjf.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -149,15 +150,7 @@ def _spec_fits(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
 
 
 def _key_names(path: Sequence[Any]) -> tuple[str, ...]:
-    names = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                names.append(str(getattr(key, attr)))
-                break
-        else:
-            names.append(str(key))
-    return tuple(names)
+    return tuple(key_name(k) for k in path)
 
 
 def optimizer_state_specs(abstract_opt_state: Any, param_specs: Any, param_shapes: Any) -> Any:
