@@ -4,14 +4,11 @@ time, non-zero, naming the lost process, instead of hanging in a collective."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
+from localhost_processes import free_port, launch_train, wait_for_steps
 
 from ptjf import checkpoints as ckpt
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE
@@ -36,30 +33,14 @@ BINDINGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(model_dir, port: int, index: int) -> subprocess.Popen:
-    argv = [
-        sys.executable,
-        "-m",
-        "ptjf.cli",
-        "train",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--process_count=2",
-        f"--process_index={index}",
-        "--peer_timeout_s=5",
-        "--gin_file=runs/ptjf.gin",
-        "--gin_file=models/tiny.gin",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        *(f"--gin.{b}" for b in BINDINGS),
-    ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+def launch(model_dir, port: int, index: int):
+    return launch_train(
+        model_dir,
+        port,
+        index,
+        files=["runs/ptjf.gin", "models/tiny.gin"],
+        bindings=BINDINGS,
+        flags=["--peer_timeout_s=5"],
     )
 
 
@@ -68,11 +49,7 @@ def test_survivor_exits_nonzero_naming_the_lost_process(tmp_path, bible_vocab):
     procs = [launch(tmp_path / "run", port, i) for i in (0, 1)]
     metrics = tmp_path / "run" / TRAIN_METRICS_FILE
     try:
-        deadline = time.monotonic() + 240
-        while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
-            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the two processes did not start training"
-            time.sleep(0.1)
+        wait_for_steps(metrics, procs, 3)
         procs[1].send_signal(signal.SIGKILL)
         killed = time.monotonic()
         out, _ = procs[0].communicate(timeout=60)
@@ -131,11 +108,7 @@ def test_sigterm_on_one_host_stops_every_host_at_the_same_saved_step(tmp_path, b
     procs = [launch(tmp_path / "run", port, i) for i in (0, 1)]
     metrics = tmp_path / "run" / TRAIN_METRICS_FILE
     try:
-        deadline = time.monotonic() + 240
-        while not metrics.exists() or len(metrics.read_text().splitlines()) < 3:
-            assert all(p.poll() is None for p in procs), procs[0].communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the two processes did not start training"
-            time.sleep(0.1)
+        wait_for_steps(metrics, procs, 3)
         procs[1].send_signal(signal.SIGTERM)  # the notice reaches one host only
         outs = [p.communicate(timeout=120)[0] for p in procs]
     finally:

@@ -4,12 +4,11 @@ match one process reading the same two input shards."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from localhost_processes import free_port, launch_train
 
 from ptjf import cli, train
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
@@ -35,34 +34,11 @@ BINDINGS = [
 FILES = ["runs/ptjf.gin", "models/tiny.gin"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(model_dir, port: int, index: int) -> subprocess.Popen:
-    argv = [
-        sys.executable,
-        "-m",
-        "ptjf.cli",
-        "train",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--process_count=2",
-        f"--process_index={index}",
-        *(f"--gin_file={f}" for f in FILES),
-        f"--gin.MODEL_DIR='{model_dir}'",
-        *(f"--gin.{b.replace(' ', '')}" for b in BINDINGS),
-    ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, bible_vocab):
     root = tmp_path_factory.mktemp("two-process")
     port = free_port()
-    procs = [launch(root / "multi", port, i) for i in (0, 1)]
+    procs = [launch_train(root / "multi", port, i, files=FILES, bindings=BINDINGS) for i in (0, 1)]
     outputs = []
     for proc in procs:
         try:
@@ -71,7 +47,7 @@ def runs(tmp_path_factory, bible_vocab):
             for p in procs:
                 p.kill()
             pytest.fail("the two-process run did not finish within 400 s")
-        outputs.append(out.decode(errors="replace"))
+        outputs.append(out)
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-4000:]
     train.run(FILES, [f"MODEL_DIR = '{root / 'single'}'", *BINDINGS])
