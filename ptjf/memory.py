@@ -30,6 +30,7 @@ total within three quarters of a device's memory.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -129,58 +130,26 @@ class ParamLayout:
         return math.prod(self.shape)
 
 
+@functools.lru_cache(maxsize=32)  # tracing mT5-XXL's init takes seconds; configs are hashable
 def parameter_layout(config: TransformerConfig) -> dict[str, ParamLayout]:
-    """Every parameter of `EncoderDecoder(config)` by its '/'-joined path (model's names)."""
-    d, qkv, f = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
-    relpos = ParamLayout(
-        (config.num_heads, config.relative_attention_num_buckets), ("heads", "relpos_buckets")
-    )
-    norm = ParamLayout((d,), ("embed",))
-    layout: dict[str, ParamLayout] = {
-        "token_embedder/embedding": ParamLayout((config.vocab_size, d), ("vocab", "embed"))
-    }
+    """Every parameter of `EncoderDecoder(config)` by its '/'-joined path (model's names).
 
-    def attention(prefix: str) -> None:
-        for name in ("query", "key", "value"):
-            layout[f"{prefix}/{name}/kernel"] = ParamLayout((d, qkv), ("embed", "joined_kv"))
-        layout[f"{prefix}/out/kernel"] = ParamLayout((qkv, d), ("joined_kv", "embed"))
+    Read off the model itself (abstract shapes and logical axes, no memory allocated), so the
+    arithmetic can never drift from the parameters the trainer creates.
+    """
+    from ptjf.checkpoint_fit import key_name
+    from ptjf.models import EncoderDecoder, init_params, param_logical_axes
 
-    def mlp(prefix: str) -> None:
-        gated = config.num_mlp_inputs > 1
-        for i in range(config.num_mlp_inputs):
-            name = f"wi_{i}" if gated else "wi"
-            layout[f"{prefix}/{name}/kernel"] = ParamLayout((d, f), ("embed", "mlp"))
-        layout[f"{prefix}/wo/kernel"] = ParamLayout((f, d), ("mlp", "embed"))
-
-    for i in range(config.num_encoder_layers):
-        p = f"encoder/layers_{i}"
-        layout[f"{p}/pre_attention_layer_norm/scale"] = norm
-        attention(f"{p}/attention")
-        layout[f"{p}/pre_mlp_layer_norm/scale"] = norm
-        mlp(f"{p}/mlp")
-        if not config.share_relpos_bias:
-            layout[f"{p}/relpos_bias/rel_embedding"] = relpos
-    layout["encoder/encoder_norm/scale"] = norm
-    if config.share_relpos_bias:
-        layout["encoder/relpos_bias/rel_embedding"] = relpos
-    for i in range(config.num_decoder_layers):
-        p = f"decoder/layers_{i}"
-        layout[f"{p}/pre_self_attention_layer_norm/scale"] = norm
-        attention(f"{p}/self_attention")
-        layout[f"{p}/pre_cross_attention_layer_norm/scale"] = norm
-        attention(f"{p}/encoder_decoder_attention")
-        layout[f"{p}/pre_mlp_layer_norm/scale"] = norm
-        mlp(f"{p}/mlp")
-        if not config.share_relpos_bias:
-            layout[f"{p}/relpos_bias/rel_embedding"] = relpos
-    layout["decoder/decoder_norm/scale"] = norm
-    if config.share_relpos_bias:
-        layout["decoder/relpos_bias/rel_embedding"] = relpos
-    if not config.logits_via_embedding:
-        layout["decoder/logits_dense/kernel"] = ParamLayout(
-            (d, config.vocab_size), ("embed", "vocab")
+    specs = param_logical_axes(EncoderDecoder(config))
+    shapes = jax.eval_shape(lambda key: init_params(config, key), jax.random.key(0))
+    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))
+    flat_shapes = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
+    return {
+        "/".join(key_name(k) for k in path): ParamLayout(
+            tuple(int(n) for n in flat_shapes[path].shape), tuple(spec)
         )
-    return layout
+        for path, spec in flat_specs[0]
+    }
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
