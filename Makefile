@@ -31,7 +31,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	mkdir -p bench_results
-	$(PY) benchmarks/train_throughput.py --out bench_results/train_throughput.json
+	$(PY) benchmarks/train_throughput.py --models nmt_3layer,tiny,mt5_small \
+		--out bench_results/train_throughput.json
+	$(PY) benchmarks/input_pipeline.py --train-json bench_results/train_throughput.json \
+		--out bench_results/input_pipeline.json
+	$(PY) benchmarks/stage_switch.py --out bench_results/stage_switch.json
+	$(PY) benchmarks/checkpointing.py --out bench_results/checkpointing.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -58,7 +58,9 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -69,7 +71,7 @@ import numpy as np
 from ptjf import flops
 from ptjf.errors import ConfigError
 from ptjf.models import PRESET_NAMES, EncoderDecoder, count_params, init_params, preset
-from ptjf.training import losses, optimizers, schedules, steps
+from ptjf.training import losses, optimizers, schedules, startup, steps
 from ptjf.training.train_state import create_train_state
 
 IMPORTS_DONE = time.perf_counter()
@@ -137,7 +139,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, seconds-long run")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--launches",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time two fresh processes to their first step, with an empty and then a "
+        "filled compilation cache (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--compilation-cache",
+        help="jax's persistent compilation cache directory, as `ptjf train` keeps one",
+    )
+    parser.add_argument("--launch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.launches is None:
+        args.launches = not args.quick
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -232,19 +248,32 @@ class CompileEvents:
         return found
 
 
-def _timed_steps(step_fn, state, batches, rng, count: int):
-    """Run `count` steps, each timed to its own result; returns (state, metrics, seconds)."""
-    times = []
+def _timed_steps(step_fn, state, batches, rng, count: int, matmul=None):
+    """Run `count` steps, each timed to its own result; returns (state, metrics, seconds,
+    matmul FLOP/s). With `matmul` (a `MatmulProbe`), each step is followed by one matmul
+    trial, so every step has a peak measured under the same load as it ran."""
+    times, peaks = [], []
     metrics = None
     for i in range(count):
         start = time.perf_counter()
         state, metrics = step_fn(state, batches[i % len(batches)], rng)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - start)
-    return state, metrics, times
+        if matmul is not None:
+            peaks.append(matmul.trial())
+    return state, metrics, times, peaks
 
 
 def _peak_rss_bytes() -> int:
+    """The process's resident-memory high-water mark. Linux: /proc's VmHWM, which starts afresh
+    at exec, unlike `ru_maxrss`, which a child started by a big process inherits."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
 
@@ -270,50 +299,86 @@ def _seconds_stats(times: list[float]) -> dict[str, float]:
     }
 
 
-def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Compile, run and time the train step of preset `name`; one JSON-ready record."""
+def start_model(name: str, config, tx, schedule, args: argparse.Namespace) -> dict[str, Any]:
+    """Everything up to the end of the first step, as the trainer does it
+    (ptjf.training.startup): the step compiles from shapes on a background thread while the
+    state is initialised on this one. Returns the launch figures and, under "run", what the
+    timed steps need."""
     setup_start = time.perf_counter()
-    config = model_config(name, args.vocab_size, args.dtype, args.untied)
     apply_fn = make_apply_fn(EncoderDecoder(config))
-    total_steps = 1 + args.warmup_steps + args.steps
-    schedule = schedules.warmup_cosine(5e-4, warmup_steps=1, total_steps=total_steps)
-    tx = optimizers.make_optimizer(optimizers.OptimizerConfig(name="adam"), schedule)
-
-    params = init_params(config, jax.random.key(args.seed))
-    num_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    state = create_train_state(params, tx)
-    del params  # the state holds these buffers, and donating the state invalidates them
     data_rng = np.random.default_rng(args.seed)
-    batches = [
-        jax.device_put(
-            synthetic_batch(
-                data_rng, args.batch_size, args.input_length, args.target_length, args.vocab_size
-            )
+    host_batches = [
+        synthetic_batch(
+            data_rng, args.batch_size, args.input_length, args.target_length, args.vocab_size
         )
         for _ in range(NUM_DISTINCT_BATCHES)
     ]
     dropout_rng = jax.random.key(args.seed + 1)
-    step_fn = jax.jit(
-        steps.make_train_step(apply_fn, tx, label_smoothing=LABEL_SMOOTHING, schedule=schedule),
-        donate_argnums=(0,),
+    train_step = steps.make_train_step(
+        apply_fn, tx, label_smoothing=LABEL_SMOOTHING, schedule=schedule
     )
+
+    def new_state(rng):
+        return create_train_state(init_params(config, rng), tx)
+
+    events = CompileEvents().__enter__()
+    abstract = (
+        jax.eval_shape(new_state, jax.random.key(args.seed)),
+        jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batches[0]),
+        jax.eval_shape(lambda: dropout_rng),
+    )
+    compiling = startup.Background(
+        lambda: jax.jit(train_step, donate_argnums=(0,)).lower(*abstract).compile()
+    )
+    state = new_state(jax.random.key(args.seed))
+    batches = [jax.device_put(b) for b in host_batches]
     jax.block_until_ready((state, batches))
     setup_s = time.perf_counter() - setup_start
+    step_fn = compiling.result()
+    ready = time.perf_counter()
+    state, _, _, _ = _timed_steps(step_fn, state, batches, dropout_rng, 1)
+    first_done = time.perf_counter()
+    compile_events = {kind: sum(d) for kind, d in events.of("train_step").items()}
+    return {
+        "imports_s": IMPORTS_DONE - LAUNCH_TIME,
+        "setup_s": setup_s,
+        "compile_wall_s": compiling.seconds,
+        "ready_s": ready - setup_start,
+        "first_step_s": first_done - ready,
+        "trace_s": compile_events.get("jaxpr_trace_duration"),
+        "lower_s": compile_events.get("jaxpr_to_mlir_module_duration"),
+        "compile_s": compile_events.get("backend_compile_duration"),
+        "compile_total_s": sum(compile_events.values()),
+        "launch_to_first_step_s": first_done - LAUNCH_TIME,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "run": {
+            "state": state,
+            "step_fn": step_fn,
+            "batches": batches,
+            "dropout_rng": dropout_rng,
+            "events": events,
+            "apply_fn": apply_fn,
+        },
+    }
 
-    with CompileEvents() as events:
-        first_start = time.perf_counter()
-        state, metrics, _ = _timed_steps(step_fn, state, batches, dropout_rng, 1)
-        first_done = time.perf_counter()
-        state, metrics, _ = _timed_steps(step_fn, state, batches, dropout_rng, args.warmup_steps)
-        state, metrics, times = _timed_steps(step_fn, state, batches, dropout_rng, args.steps)
+
+def benchmark_model(name: str, args: argparse.Namespace, matmul: MatmulProbe) -> dict[str, Any]:
+    """Compile, run and time the train step of preset `name`; one JSON-ready record."""
+    config = model_config(name, args.vocab_size, args.dtype, args.untied)
+    total_steps = 1 + args.warmup_steps + args.steps
+    schedule = schedules.warmup_cosine(5e-4, warmup_steps=1, total_steps=total_steps)
+    tx = optimizers.make_optimizer(optimizers.OptimizerConfig(name="adam"), schedule)
+    launch = start_model(name, config, tx, schedule, args)
+    run = launch.pop("run")
+    state, step_fn, batches, rng = (run[k] for k in ("state", "step_fn", "batches", "dropout_rng"))
+    state, metrics, _, _ = _timed_steps(step_fn, state, batches, rng, args.warmup_steps)
+    state, metrics, times, peaks = _timed_steps(step_fn, state, batches, rng, args.steps, matmul)
+    run["events"].__exit__()
     loss = float(metrics["loss"])
     peak_rss, device_peak = _peak_rss_bytes(), _device_peak_bytes()
-    jit_events = {kind: sum(d) for kind, d in events.of("train_step").items()}
-    compilations = len(events.of("train_step").get("backend_compile_duration", []))
-    # Served from the first call's caches: no second compile, just XLA's own FLOP count.
-    xla_flops = _cost_flops(step_fn.lower(state, batches[0], dropout_rng).compile())
-
-    profile = profile_step(apply_fn, state, batches[0], dropout_rng, args) if args.profile else None
+    compilations = len(run["events"].of("train_step").get("backend_compile_duration", []))
+    xla_flops = _cost_flops(step_fn)  # XLA's own count of the compiled step
+    profile = profile_step(run["apply_fn"], state, batches[0], rng, args) if args.profile else None
 
     step_s = statistics.median(times)
     tokens_per_step = args.batch_size * (args.input_length + args.target_length)
@@ -323,30 +388,29 @@ def benchmark_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     flops_per_step = flops.model_flops_per_step(
         config, args.batch_size, args.input_length, args.target_length
     )
+    # Each step against the matmul rate measured right after it, under the same load.
+    paired = [flops_per_step / t / peak for t, peak in zip(times, peaks, strict=True)]
     return {
         "config": dataclasses.asdict(config),
-        "params": num_params,
+        "params": sum(int(x.size) for x in jax.tree.leaves(state.params)),
         "params_analytic": count_params(config),
         "tied_logits": config.logits_via_embedding,
         "tokens_per_step": tokens_per_step,
-        "setup_s": setup_s,
-        "first_step_s": first_done - first_start,
-        "trace_s": jit_events.get("jaxpr_trace_duration"),
-        "lower_s": jit_events.get("jaxpr_to_mlir_module_duration"),
-        "compile_s": jit_events.get("backend_compile_duration"),
-        "compile_total_s": sum(jit_events.values()),
-        "launch_to_first_step_s": first_done - LAUNCH_TIME,
+        **launch,
         "step_time_s": _seconds_stats(times),
         "step_times_s": times,
         "steps_per_s": 1.0 / step_s,
         "tokens_per_s": tokens_per_step / step_s,
         "final_loss": loss,
         "train_step_compilations": compilations,
-        "jit_cache_size": step_fn._cache_size(),
         "model_flops_per_step": flops_per_step,
         "forward_flops_breakdown": breakdown,
         "xla_flops_per_step": xla_flops,
         "model_flops_per_s": flops_per_step / step_s,
+        "matmul_flops_per_s_by_step": peaks,
+        "utilisation_by_step": paired,
+        "utilisation": statistics.median(paired),
+        "utilisation_best": flops_per_step / min(times) / max(peaks),
         "peak_rss_bytes": peak_rss,
         "device_peak_bytes": device_peak,
         "profile": profile,
@@ -374,29 +438,45 @@ def profile_step(apply_fn, state, batch, rng, args: argparse.Namespace) -> dict[
     return timings
 
 
-def measure_matmul_flops(dtype: str, trials: int, quick: bool) -> dict[str, Any]:
-    """Best-of-`trials` FLOP/s of a square `jnp.dot` on the default device."""
-    on_cpu = jax.default_backend() == "cpu"
-    size = 256 if quick else (2048 if on_cpu else 8192)
-    repeats = 3 if on_cpu else 20  # enough work per timing to hide dispatch
-    keys = jax.random.split(jax.random.key(0), 2)
-    a, b = (jax.random.normal(k, (size, size), jnp.dtype(dtype)) for k in keys)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
-    best = float("inf")
-    for _ in range(trials):
+class MatmulProbe:
+    """The machine's matmul FLOP/s: a square `jnp.dot` in the compute dtype, timed per trial.
+
+    On a shared machine the attainable rate moves with the other load, so the benchmark runs
+    one trial after every timed step and divides each step by the rate of its own trial.
+    """
+
+    def __init__(self, dtype: str, quick: bool):
+        on_cpu = jax.default_backend() == "cpu"
+        self.size = 256 if quick else (2048 if on_cpu else 8192)
+        self.repeats = 3 if on_cpu else 20  # enough work per timing to hide dispatch
+        self.dtype = dtype
+        keys = jax.random.split(jax.random.key(0), 2)
+        self._a, self._b = (jax.random.normal(k, (self.size,) * 2, jnp.dtype(dtype)) for k in keys)
+        self._dot = jax.jit(jnp.dot)
+        jax.block_until_ready(self._dot(self._a, self._b))
+        self.rates: list[float] = []
+
+    def trial(self) -> float:
         start = time.perf_counter()
-        outs = [dot(a, b) for _ in range(repeats)]
-        jax.block_until_ready(outs)
-        best = min(best, (time.perf_counter() - start) / repeats)
-    return {
-        "size": size,
-        "dtype": dtype,
-        "repeats": repeats,
-        "trials": trials,
-        "seconds": best,
-        "flops_per_s": flops.matmul_flops(size, size, size) / best,
-    }
+        jax.block_until_ready([self._dot(self._a, self._b) for _ in range(self.repeats)])
+        seconds = (time.perf_counter() - start) / self.repeats
+        self.rates.append(flops.matmul_flops(self.size, self.size, self.size) / seconds)
+        return self.rates[-1]
+
+    def best_of(self, trials: int) -> float:
+        for _ in range(trials):
+            self.trial()
+        return max(self.rates)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "dtype": self.dtype,
+            "repeats": self.repeats,
+            "trials": len(self.rates),
+            "flops_per_s": max(self.rates),
+            "median_flops_per_s": statistics.median(self.rates),
+        }
 
 
 def environment() -> dict[str, Any]:
@@ -419,39 +499,107 @@ def environment() -> dict[str, Any]:
 
 
 def summary_line(name: str, result: dict[str, Any], matmul: dict[str, Any]) -> str:
+    launch = (
+        f"launch to first step {result['launch_to_first_step_s']:.1f} s, "
+        if result["first_in_process"]
+        else ""
+    )
     return (
         f"{name}: {result['steps_per_s']:.3g} steps/s, {result['tokens_per_s']:.0f} tok/s, "
-        f"MFU {result['utilisation']:.2f} of measured {matmul['flops_per_s'] / 1e9:.0f} GFLOP/s, "
+        f"MFU {result['utilisation']:.2f} of the matmul rate measured beside each step "
+        f"(best {matmul['flops_per_s'] / 1e9:.0f} GFLOP/s), "
         f"compile {result['compile_total_s']:.1f} s (first step {result['first_step_s']:.1f} s), "
-        f"launch to first step {result['launch_to_first_step_s']:.1f} s, "
-        f"peak RSS {result['peak_rss_bytes'] / GIB:.1f} GiB, {result['params'] / 1e6:.2f}M params"
+        f"{launch}peak RSS {result['peak_rss_bytes'] / GIB:.1f} GiB, "
+        f"{result['params'] / 1e6:.2f}M params"
     )
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    """The benchmark's JSON at `path` (its folder made), when a path is given."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+
+
+def launch_once(args: argparse.Namespace, cache_dir: str) -> dict[str, Any]:
+    """A fresh process of this script, stopped after its first step: the launch figures."""
+    command = [sys.executable, os.path.abspath(__file__), "--launch-only", "--launches"]
+    for name in ("models", "batch_size", "input_length", "target_length", "vocab_size", "dtype"):
+        value = getattr(args, name)
+        command += [
+            f"--{name.replace('_', '-')}",
+            ",".join(value) if name == "models" else str(value),
+        ]
+    command += ["--untied" if args.untied else "--no-untied", "--compilation-cache", cache_dir]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"launch run failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def launches(args: argparse.Namespace) -> dict[str, Any]:
+    """Cold (empty compilation cache) and warm (filled by the cold run) process launches."""
+    with tempfile.TemporaryDirectory(prefix="ptjf-bench-jax-cache-") as cache_dir:
+        cold = launch_once(args, cache_dir)
+        warm = launch_once(args, cache_dir)
+    return {"cold": cold, "warm": warm}
+
+
+def first_step_only(args: argparse.Namespace) -> None:
+    """`--launch-only`: one model to its first step, then its launch figures as one JSON line."""
+    name = args.models[0]
+    config = model_config(name, args.vocab_size, args.dtype, args.untied)
+    schedule = schedules.warmup_cosine(5e-4, warmup_steps=1, total_steps=2)
+    tx = optimizers.make_optimizer(optimizers.OptimizerConfig(name="adam"), schedule)
+    record = start_model(name, config, tx, schedule, args)
+    print(json.dumps({k: v for k, v in record.items() if k != "run"}))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if args.launch_only:
+        first_step_only(args)
+        return {}
     env = environment()
+    matmul = MatmulProbe(args.dtype, args.quick)
     results = {}
     for name in args.models:
-        results[name] = benchmark_model(name, args)
+        results[name] = benchmark_model(name, args, matmul)
         r = results[name]
+        # Launch time and peak memory are the process's: only the first model's are its own.
+        r["first_in_process"] = len(results) == 1
         print(
             f"{name}: {r['params']:,} params ({'tied' if r['tied_logits'] else 'untied'} "
             f"logits; analytic count {r['params_analytic']:,}), step "
             f"{r['step_time_s']['median']:.3f} s",
             flush=True,
         )
-    matmul = measure_matmul_flops(args.dtype, args.matmul_trials, args.quick)
+    matmul.best_of(args.matmul_trials)
+    launch = launches(args) if args.launches else None
+    if launch:
+        cold, warm = launch["cold"], launch["warm"]
+        print(
+            f"{args.models[0]}: launch to first step in a fresh process: "
+            f"{cold['launch_to_first_step_s']:.1f} s with an empty compilation cache, "
+            f"{warm['launch_to_first_step_s']:.1f} s with a filled one",
+            flush=True,
+        )
     for name, r in results.items():
-        r["utilisation"] = r["model_flops_per_s"] / matmul["flops_per_s"]
-        print(summary_line(name, r, matmul), flush=True)
+        print(summary_line(name, r, matmul.record()), flush=True)
     env["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    report = {"environment": env, "arguments": vars(args), "matmul_peak": matmul, "models": results}
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
+    report = {
+        "environment": env,
+        "arguments": vars(args),
+        "matmul_peak": matmul.record(),
+        "models": results,
+        "launches": launch,
+    }
+    write_report(report, args.out)
     return report
 
 

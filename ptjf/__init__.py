@@ -5,4 +5,9 @@ The data flow of a run follows the package layout: `ptjf.tasks` (SeqIO registrat
 `ptjf.models` → `ptjf.training` → `ptjf.checkpoints` → `ptjf.stages` → `ptjf.experiments`.
 """
 
+import time as _time
+
 __version__ = "0.1.0"
+
+IMPORT_TIME = _time.time()
+"""When ptjf was first imported: the launch time where /proc cannot say when the process began."""

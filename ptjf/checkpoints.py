@@ -13,6 +13,10 @@ stage switch of PTJF, and `ptjf switch`) opens only `params`: Adam keeps two mom
 parameter, so the optimizer state is about twice the size of the parameters and is never read
 when a stage starts a fresh optimizer (big_vision's "initialise from" versus "resume").
 
+A stage-start checkpoint written by `ptjf switch` (`save_stage_start`) has no `opt_state`: its
+metadata says `"optimizer_state": "fresh"`, and whoever resumes it builds that state from the
+parameters and the stage's optimizer (`starts_fresh`; `stage_state.restore_newest_good`).
+
 Atomicity. Orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it to `<step>`
 only after every item is committed (on GCS, where rename is not atomic, it writes
 `commit_success.txt` last instead). `finalized_steps` lists steps with orbax's standard name
@@ -51,6 +55,8 @@ from ptjf.integrity import fingerprint
 log = logging.getLogger(__name__)
 
 PARAMS, STEP, METADATA = "params", "step", "metadata"
+# The metadata key and value of a stage-start checkpoint that holds no optimizer state.
+OPTIMIZER_STATE, FRESH = "optimizer_state", "fresh"
 
 
 @gin.configurable("CheckpointConfig")
@@ -346,6 +352,13 @@ class StageCheckpointer:
                 f"Checkpoint directory {self.directory} is not writable: {e}. {fix}"
             ) from e
 
+    def _require_writable(self) -> None:
+        if self.read_only:
+            raise CheckpointError(
+                f"Checkpoint directory {self.directory} was opened read-only; saving needs a "
+                "StageCheckpointer created with read_only=False."
+            )
+
     def save(self, step: int, state: Any, metadata: Mapping[str, Any], force: bool = False) -> bool:
         """Start writing `state` at stage step `step`; returns whether a save was started.
 
@@ -354,11 +367,7 @@ class StageCheckpointer:
         copied off the accelerator when `async_save` is on; the write continues in the
         background (see `wait`).
         """
-        if self.read_only:
-            raise CheckpointError(
-                f"Checkpoint directory {self.directory} was opened read-only; saving needs a "
-                "StageCheckpointer created with read_only=False."
-            )
+        self._require_writable()
         step = int(step)
         if not self.due(step, force=force):
             return False
@@ -448,19 +457,20 @@ class StageCheckpointer:
         return int(step)
 
     def _stored_signature(self, step: int, item: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        # The one item's own metadata file: the manager's step metadata would read every item's.
+        path = self.directory / str(step) / item
+        if not path.exists():
+            raise CheckpointError(
+                f"Checkpoint {self._location(step)} has no item {item!r}; it was not written "
+                "by ptjf's StageCheckpointer. Restore a ptjf checkpoint or convert it first."
+            )
         try:
-            item_metadata = self._manager.metadata(step).item_metadata
-            stored = item_metadata.get(item)
+            stored = ocp.StandardCheckpointHandler().metadata(path)
         except Exception as e:
             raise CorruptCheckpointError(
                 f"Checkpoint {self._location(step)} is corrupted: the metadata of item "
                 f"{item!r} cannot be read ({type(e).__name__}: {e})."
             ) from e
-        if stored is None:
-            raise CheckpointError(
-                f"Checkpoint {self._location(step)} has no item {item!r}; it was not written "
-                "by ptjf's StageCheckpointer. Restore a ptjf checkpoint or convert it first."
-            )
         return tree_signature(getattr(stored, "tree", stored))
 
     def _validate(self, step: int, item: str, target: Any) -> bool:
@@ -476,6 +486,10 @@ class StageCheckpointer:
                 paths_text(casts),
             )
         return bool(casts)
+
+    def check_params_fit(self, step: int, target_params: Any) -> None:
+        """Refuses parameters that do not fit `target_params`, reading item metadata only."""
+        self._validate(self._resolve(step), PARAMS, target_params)
 
     def _location(self, step: int) -> str:
         return str(self.directory / str(step))
@@ -508,6 +522,13 @@ class StageCheckpointer:
         """
         step = self._resolve(step)
         target_step, target_params, target_opt = _state_parts(target_state)
+        if self.starts_fresh(step):
+            raise CheckpointError(
+                f"Checkpoint {self._location(step)} is a stage start written by `ptjf switch`: "
+                "it holds the parameters but no optimizer state (the stage builds a fresh one). "
+                "Start the stage from it with `ptjf train` (same gin files and MODEL_DIR), or "
+                "restore its parameters only (restore_params, RestoreConfig(params_only=True))."
+            )
         cast = self._validate(step, PARAMS, target_params)
         cast |= self._validate(step, OPT_STATE, target_opt)
         restored = self._restore_items(
@@ -542,6 +563,60 @@ class StageCheckpointer:
         if not cast:
             self._verify(step, meta, **{PARAMS: restored[PARAMS]})
         return restored[PARAMS], meta
+
+    def starts_fresh(self, step: int) -> bool:
+        """Whether `step` is a stage start without optimizer state (see `save_stage_start`).
+
+        Only a checkpoint without `opt_state` has its metadata read; one whose `opt_state` is
+        missing but that does not say "fresh" is damaged, and a full restore says so.
+        """
+        if (self.directory / str(step) / OPT_STATE).exists():
+            return False
+        return self.read_metadata(step).get(OPTIMIZER_STATE) == FRESH
+
+    def save_stage_start(
+        self,
+        params: Any | None,
+        metadata: Mapping[str, Any],
+        *,
+        params_fingerprint: str | None = None,
+    ) -> None:
+        """Writes step 0 of a stage that starts from `params` with a fresh optimizer; waits.
+
+        No `opt_state` item: a fresh state is a function of the parameters and the stage's
+        optimizer, so the trainer rebuilds it (Adam's zeros would cost twice the parameters'
+        bytes to write). `params=None` writes only step and metadata, for
+        `checkpoint_link.save_switched` to link the source's parameter files in; the
+        fingerprint it records is then `params_fingerprint`, the source's.
+        """
+        self._require_writable()
+        self.wait()
+        if self.all_steps():
+            raise CheckpointError(
+                f"{self.directory} already holds checkpoints {self.all_steps()}; a stage start "
+                "goes into an empty stage directory so nothing is overwritten."
+            )
+        meta = _to_json({**metadata, STEP: 0, OPTIMIZER_STATE: FRESH})
+        meta.setdefault("ptjf_version", ptjf.__version__)
+        if params is not None:
+            params_fingerprint = fingerprint(params)
+        if params_fingerprint:
+            meta["fingerprints"] = {PARAMS: params_fingerprint}
+        # A numpy scalar: the primary process writes it, whatever the mesh.
+        items = {
+            STEP: ocp.args.ArraySave(np.zeros((), np.int32)),
+            METADATA: ocp.args.JsonSave(meta),
+        }
+        if params is not None:
+            items[PARAMS] = ocp.args.StandardSave(params)
+        try:
+            self._manager.save(0, args=ocp.args.Composite(**items), force=True)
+            self._manager.wait_until_finished()
+        except OSError as e:
+            raise CheckpointError(
+                f"Writing the stage-start checkpoint to {self.directory} failed: {e}. Free "
+                "space or fix permissions, then rerun the same command."
+            ) from e
 
     def read_metadata(self, step: int | None = None) -> dict:
         """The JSON metadata item of `step` (None = latest), without reading any array."""

@@ -156,6 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 0
     print(f"ptjf train: done at global step {summary.global_step}; results in {summary.model_dir}")
+    if summary.startup_seconds:
+        phases = ", ".join(f"{k} {v:.1f}" for k, v in summary.startup_seconds.items())
+        print(f"ptjf train: seconds from launch: {phases}")
     return 0
 
 
@@ -239,7 +242,12 @@ def cmd_switch(args: argparse.Namespace) -> int:
         print(f"ptjf switch: {args.target} already holds a checkpoint; nothing to do")
         return 0
     src, step = switch.switch(
-        args.source, args.target, plan, stage=args.stage, checkpoint=checkpoints.CheckpointConfig()
+        args.source,
+        args.target,
+        plan,
+        stage=args.stage,
+        checkpoint=checkpoints.CheckpointConfig(),
+        verify=args.verify,
     )
     if args.copy_metrics and distributed.is_primary():
         copied = switch.copy_metrics(src, step, args.target)
@@ -342,6 +350,11 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
         "--exist_ok",
         action="store_true",
         help="do nothing (exit 0) when the target already holds a checkpoint (reruns)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read the parameters and check their fingerprint now (ptjf train checks it anyway)",
     )
     _add_multihost_flags(p)
     p.set_defaults(fn=cmd_switch, accepts_extra=True)

@@ -3,7 +3,7 @@
 Sweeps usually train with EVAL_BLEU = False (beam search at every eval costs far more than the
 loss evals), yet the paper's BLEU figures (App. A.5) need the BLEU of each point's final model.
 `evaluate_checkpoint` parses the run's own gin files and bindings as `ptjf train` does, builds
-the trainer's evaluators (`trainer.build_evaluators`: the same batches and examples), restores
+the trainer's evaluators (`evaluation.build_evaluators`: the same batches and examples), restores
 the checkpoint's parameters only, and appends one record to MODEL_DIR/metrics.jsonl shaped like
 the trainer's, plus `"posthoc": true`. Readers keep the last record per (stage, stage_step), so
 it replaces the trainer's record at that step: its losses are the same (same parameters, same
@@ -140,7 +140,7 @@ def evaluate_checkpoint(
     from ptjf import config as gin_config
     from ptjf import train
     from ptjf.data import batches as data
-    from ptjf.training import trainer
+    from ptjf.training import evaluation, trainer
     from ptjf.training.metrics_io import MetricsWriter
 
     if not gin_files:
@@ -163,7 +163,7 @@ def evaluate_checkpoint(
     partitioner = Partitioner()
     with ckpt.StageCheckpointer(stage_dir, settings["checkpoint"], read_only=True) as c:
         params, meta = stage_state.restore_params(c, step, partitioner, config)
-    evaluator, bleu_evaluator = trainer.build_evaluators(
+    evaluator, bleu_evaluator = evaluation.build_evaluators(
         plan,
         config,
         lengths,

@@ -295,6 +295,13 @@ class Partitioner:
 
         return call
 
+    def compile(self, fn: Callable, abstract_args: Sequence[Any], **jit_kwargs: Any) -> Callable:
+        """`fn` compiled ahead of time for `abstract_args` (`jax.ShapeDtypeStruct`s with
+        shardings): one XLA compile, callable with arrays of exactly those shapes and
+        shardings. Safe on a background thread (the mesh and rules are per thread)."""
+        with self.context():
+            return jax.jit(fn, **jit_kwargs).lower(*abstract_args).compile()
+
     def init(self, init_fn: Callable[..., Any], shardings: Any, *args: Any) -> Any:
         """`init_fn(*args)` computed shard by shard straight into `shardings`."""
         return self.jit(init_fn, out_shardings=shardings)(*args)

@@ -2,10 +2,17 @@
 
 Takes a checkpoint (`DIR` = its latest step, or `DIR/STEP`), keeps only its parameters, and
 writes a stage-start checkpoint for a target stage of a gin-configured plan: the source's
-parameters, a fresh optimizer state for that stage's optimizer, step 0, and lineage (the
-parent checkpoint and step) in its metadata. Running `ptjf train` with the same gin files and
-`MODEL_DIR` then starts that stage from it. Parameters that do not fit the target model are
-refused before anything is written, naming the first mismatching path and both shapes.
+parameters, step 0, and lineage (the parent checkpoint and step) in its metadata. It holds no
+optimizer state: its metadata says `"optimizer_state": "fresh"`, and `ptjf train` with the same
+gin files and `MODEL_DIR` builds that stage's fresh optimizer state when it starts the stage
+from it, exactly as the in-process switch does.
+
+The cost is one read of the parameters: they are restored onto the mesh, which checks that they
+fit the target model (from the item's metadata, before any array is read; a mismatch names the
+first path and both shapes, and nothing is written) and that they read back with the
+fingerprint the source recorded. The new step's parameter files are then hard links to the
+source's where the filesystem allows, a copy written by orbax otherwise
+(`ptjf.checkpoint_link`).
 
 `copy_metrics` gives the new run its parent's eval history (the records up to the fork), so a
 point forked from a shared pre-training has a metrics.jsonl that covers its whole life.
@@ -15,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
+from ptjf import checkpoint_link
 from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
@@ -35,10 +44,18 @@ def switch(
     stage: str | None = None,
     checkpoint: ckpt.CheckpointConfig | None = None,
     partitioner: Partitioner | None = None,
+    config: TransformerConfig | None = None,
+    link: bool = True,
+    verify: bool = False,
 ) -> tuple[str, int]:
     """Writes the stage-start checkpoint of `stage` (default: the plan's last) into `target`.
 
-    Returns the (source stage directory, source step) the parameters came from.
+    `config` is the target model (default: the gin-configured one, sized for the plan's
+    vocabulary); `link=False` always writes a copy of the parameters. The parameters are
+    linked without being read: the fingerprint the source recorded goes with them and the
+    trainer checks it when it restores them; `verify=True` reads and checks them here too (a
+    corrupted source is then refused before anything is written). Returns the (source stage
+    directory, source step) the parameters came from.
     """
     names = [s.name for s in plan.stages]
     name = stage or names[-1]
@@ -60,14 +77,25 @@ def switch(
             f"{target!r} already holds checkpoints {ckpt.finalized_steps(target)}; switch into an "
             "empty stage directory so nothing is overwritten."
         )
-    config = TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+    stg.make_tx(plan, index)  # the stage's optimizer and schedule fail now, not at `ptjf train`
+    config = config or TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
     partitioner = partitioner or Partitioner()
-    tx, _ = stg.make_tx(plan, index)
+    target_params = stage_state.sharded_params_target(partitioner, config)
+
+    def load_params() -> Any:
+        # Straight onto this mesh, whatever mesh wrote the source (resharding), checked
+        # against the source's fingerprint.
+        with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
+            return source_ckpt.restore_params(src_step, target_params=target_params)[0]
+
     with ckpt.StageCheckpointer(src_dir, checkpoint, read_only=True) as source_ckpt:
-        # Read straight onto this mesh, whatever mesh wrote the source (resharding).
-        params, meta = stage_state.restore_params(source_ckpt, src_step, partitioner, config)
-    shardings = stage_state.state_shardings(partitioner, config, tx)
-    state = stage_state.switched_state(params, tx, shardings, partitioner)
+        source_ckpt.check_params_fit(src_step, target_params)  # item metadata: no array read
+        meta = source_ckpt.read_metadata(src_step)
+    if verify:
+        verified = load_params()
+        load = lambda: verified  # noqa: E731
+    else:
+        load = load_params
     metadata = ckpt.checkpoint_metadata(
         stage_index=index,
         stage_name=name,
@@ -78,9 +106,15 @@ def switch(
         tokens_seen=meta.get("tokens_seen", {}),
         switched_by="ptjf switch",
     )
-    with ckpt.StageCheckpointer(target, checkpoint) as out:
-        out.save(0, state, metadata, force=True)
-        out.wait()
+    checkpoint_link.save_switched(
+        target,
+        load,
+        metadata,
+        source_step_dir=os.path.join(src_dir, str(src_step)),
+        params_fingerprint=(meta.get("fingerprints") or {}).get(ckpt.PARAMS),
+        checkpoint=checkpoint,
+        link=link,
+    )
     return src_dir, src_step
 
 

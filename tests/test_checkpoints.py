@@ -175,6 +175,42 @@ def test_restore_params_reads_params_only(tmp_path):
     assert_bitwise_equal(jax.tree.map(np.asarray, raw), make_state(3)["params"])
 
 
+def test_stage_start_holds_no_optimizer_state_and_a_full_restore_says_what_to_do(tmp_path):
+    params = make_state(7)["params"]
+    with ck.StageCheckpointer(tmp_path / "joint", SYNC) as ckpt:
+        ckpt.save_stage_start(params, META)
+        assert ckpt.all_steps() == [0] and ckpt.starts_fresh(0)
+        restored, meta = ckpt.restore_params(0, target_params=abstract(params))
+        with pytest.raises(CheckpointError) as err:
+            ckpt.restore(0, target_state=abstract(make_state()))
+        with pytest.raises(CheckpointError, match=r"already holds checkpoints \[0\]"):
+            ckpt.save_stage_start(params, META)
+    assert_bitwise_equal(restored, params)
+    assert meta == {
+        **META,
+        "step": 0,
+        "optimizer_state": "fresh",
+        "ptjf_version": "0.1.0",
+        "fingerprints": {"params": integrity.fingerprint(params)},
+    }
+    assert sorted(os.listdir(tmp_path / "joint" / "0")) == sorted(
+        ["_CHECKPOINT_METADATA", "commit_success.txt", "metadata", "params", "step"]
+    )
+    assert (
+        f"Checkpoint {tmp_path / 'joint' / '0'} is a stage start written by `ptjf switch`: it "
+        "holds the parameters but no optimizer state (the stage builds a fresh one). Start the "
+        "stage from it with `ptjf train`"
+    ) in str(err.value)
+    # A full checkpoint is no stage start, nor is one that lost its optimizer state: that one
+    # is damaged, and a full restore names the missing item.
+    ckpt = saved(tmp_path / "pretrain")
+    assert not ckpt.starts_fresh(7)
+    (tmp_path / "pretrain" / "7" / "opt_state").rename(tmp_path / "pretrain" / "7" / "moved")
+    assert not ckpt.starts_fresh(7)
+    with pytest.raises(CheckpointError, match="has no item 'opt_state'"):
+        ckpt.restore(7, target_state=abstract(make_state()))
+
+
 def test_dtype_difference_is_cast_and_logged(tmp_path, caplog):
     ckpt = saved(tmp_path)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), make_params())

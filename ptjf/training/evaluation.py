@@ -14,7 +14,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from ptjf import stages as stg
+from ptjf.data import batches as data
+from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.partitioning import Partitioner
+from ptjf.training import steps
+from ptjf.training.bleu import BleuEvaluator
 
 Batches = Sequence[Mapping[str, np.ndarray]]
 MODEL_FEATURES = (
@@ -87,3 +92,73 @@ class Evaluator:
             "validation": {t: self._score(params, bs) for t, bs in self._validation.items()},
             "train_subset": {t: self._score(params, bs) for t, bs in self._train.items()},
         }
+
+
+def make_apply_fn(model: EncoderDecoder):
+    """`apply_fn(params, batch, *, enable_dropout, rngs)` over SeqIO's EncDec features."""
+
+    def apply_fn(params, batch, *, enable_dropout: bool, rngs=None):
+        return model.apply(
+            {"params": params},
+            batch["encoder_input_tokens"],
+            batch["decoder_input_tokens"],
+            batch["decoder_target_tokens"],
+            encoder_segment_ids=batch.get("encoder_segment_ids"),
+            decoder_segment_ids=batch.get("decoder_segment_ids"),
+            encoder_positions=batch.get("encoder_positions"),
+            decoder_positions=batch.get("decoder_positions"),
+            enable_dropout=enable_dropout,
+            rngs=rngs,
+        )
+
+    return apply_fn
+
+
+def build_evaluators(
+    plan: stg.Plan,
+    config: TransformerConfig,
+    lengths: Mapping[str, int],
+    *,
+    batch_size: int,
+    max_eval_examples: int | None,
+    train_eval_examples: int,
+    bleu_languages: Mapping[str, str] | None = None,
+    bleu_examples: int | None = None,
+    beam_size: int = 4,
+    bleu_alpha: float = 0.6,
+    partitioner: Partitioner | None = None,
+) -> tuple[Evaluator, BleuEvaluator | None]:
+    """The run's evaluators: losses of every eval task, and BLEU of `bleu_languages`' tasks.
+
+    One function for the trainer and `ptjf eval`, so a checkpoint scored after the run reads
+    exactly the batches and examples the run's own evals read.
+    """
+    eval_tasks = stg.plan_eval_tasks(plan)
+    apply_fn = make_apply_fn(EncoderDecoder(config))
+    evaluator = Evaluator(
+        steps.make_eval_step(apply_fn, num_tasks=1),
+        {
+            t: data.eval_batches(
+                t, "validation", lengths, batch_size, max_examples=max_eval_examples
+            )
+            for t in eval_tasks
+        },
+        {
+            t: data.eval_batches(t, "train", lengths, batch_size, max_examples=train_eval_examples)
+            for t in eval_tasks
+        },
+        partitioner=partitioner,
+    )
+    bleu = None
+    if bleu_languages:
+        bleu = BleuEvaluator.for_tasks(
+            bleu_languages,
+            EncoderDecoder(config),
+            lengths,
+            batch_size=batch_size,
+            max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
+            beam_size=beam_size,
+            alpha=bleu_alpha,
+            partitioner=partitioner,
+        )
+    return evaluator, bleu

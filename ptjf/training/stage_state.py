@@ -9,7 +9,8 @@ train step compiles once and a checkpoint restores onto whatever mesh the run ha
   target shardings, whatever mesh wrote them (resharding); a resumed stage whose newest
   checkpoint is corrupted falls back to the one before;
 * switched: the source's parameters are restored sharded, and the fresh optimizer state is
-  built under `jit` into its shardings.
+  built under `jit` into its shardings. A stage resumed from the step-0 checkpoint of
+  `ptjf switch`, which holds no optimizer state, is switched the same way from its parameters.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -34,16 +36,22 @@ from ptjf.training.train_state import TrainState
 log = logging.getLogger(__name__)
 
 
+# Tracing the model's initialiser takes about a second for mT5-small, and a stage asks for its
+# shapes and axes several times; both are pure functions of the (frozen) config.
+@functools.lru_cache(maxsize=8)
 def abstract_params(config: TransformerConfig):
     """Shapes and dtypes of the model's parameters, without allocating them."""
     return jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
 
 
+@functools.lru_cache(maxsize=8)
+def _logical_axes(config: TransformerConfig) -> Any:
+    return param_logical_axes(EncoderDecoder(config))
+
+
 def param_shardings(partitioner: Partitioner, config: TransformerConfig) -> Any:
     """Each parameter's NamedSharding, from its logical axes and the partitioner's rules."""
-    return partitioner.param_shardings(
-        param_logical_axes(EncoderDecoder(config)), abstract_params(config)
-    )
+    return partitioner.param_shardings(_logical_axes(config), abstract_params(config))
 
 
 def state_shardings(
@@ -95,13 +103,24 @@ def quarantine(stage_dir: str, step: int) -> str:
 
 
 def restore_newest_good(
-    stage_dir: str, steps: list[int], checkpoint: ckpt.CheckpointConfig, target: Any
+    stage_dir: str,
+    steps: list[int],
+    checkpoint: ckpt.CheckpointConfig,
+    target: Any,
+    fresh: Callable[[Any], TrainState] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """The newest checkpoint of `steps` that reads back as saved; corrupted ones are reported
-    and moved aside (`quarantine`), and the one before is tried."""
+    and moved aside (`quarantine`), and the one before is tried.
+
+    A stage start without optimizer state (`ptjf switch`) gives `fresh(its parameters)`: the
+    state the in-process switch would have built from them.
+    """
     for step in reversed(steps):
         try:
             with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+                if fresh is not None and c.starts_fresh(step):
+                    params, meta = c.restore_params(step, target_params=target.params)
+                    return fresh(params), meta
                 return c.restore(step, target_state=target)
         except CorruptCheckpointError as e:
             where = quarantine(stage_dir, step)
@@ -132,7 +151,10 @@ def build_state(
     here = os.path.join(model_dir, stage.name)
     own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
     if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
-        state, meta = restore_newest_good(here, own, checkpoint, target)
+        fresh = functools.partial(
+            switched_state, tx=tx, shardings=shardings, partitioner=partitioner
+        )
+        state, meta = restore_newest_good(here, own, checkpoint, target, fresh)
         lineage = meta.get("lineage") or {}
         parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
         return state, meta, parent

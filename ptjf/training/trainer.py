@@ -11,7 +11,9 @@ checkpoint of the latest stage.
 
 The step loop never waits for the device except at log and eval points: metrics stay on the
 device, the non-finite counter is accumulated there, and examples seen per task are counted on
-the host from the batches it already holds.
+the host from the batches it already holds. Before a stage's first step its state, its first
+batch and its compiled step are prepared side by side (`ptjf.training.startup`): the step is
+compiled once per stage, ahead of time, from shapes.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.partitioning import Partitioner
-from ptjf.training import steps
+from ptjf.training import startup, steps
 from ptjf.training.bleu import BleuEvaluator, translation_target_languages
-from ptjf.training.evaluation import Evaluator, model_features
+from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter, ProgressDisplay
 from ptjf.training.preemption import Preempted, PreemptionWatch
-from ptjf.training.stage_state import build_state, state_shardings
+from ptjf.training.stage_state import abstract_params, build_state, state_shardings
 from ptjf.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -60,26 +62,8 @@ class RunSummary:
     last_eval: dict[str, Any] | None
     preempted: bool = False
     """True when a SIGTERM stopped the run after saving; the same command resumes it."""
-
-
-def make_apply_fn(model: EncoderDecoder):
-    """`apply_fn(params, batch, *, enable_dropout, rngs)` over SeqIO's EncDec features."""
-
-    def apply_fn(params, batch, *, enable_dropout: bool, rngs=None):
-        return model.apply(
-            {"params": params},
-            batch["encoder_input_tokens"],
-            batch["decoder_input_tokens"],
-            batch["decoder_target_tokens"],
-            encoder_segment_ids=batch.get("encoder_segment_ids"),
-            decoder_segment_ids=batch.get("decoder_segment_ids"),
-            encoder_positions=batch.get("encoder_positions"),
-            decoder_positions=batch.get("decoder_positions"),
-            enable_dropout=enable_dropout,
-            rngs=rngs,
-        )
-
-    return apply_fn
+    startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds from the process's start to the end of each start-up phase and the first step."""
 
 
 def plan_vocabulary(plan: stg.Plan):
@@ -103,56 +87,6 @@ def model_config(plan: stg.Plan) -> TransformerConfig:
     return TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
 
 
-def build_evaluators(
-    plan: stg.Plan,
-    config: TransformerConfig,
-    lengths: Mapping[str, int],
-    *,
-    batch_size: int,
-    max_eval_examples: int | None,
-    train_eval_examples: int,
-    bleu_languages: Mapping[str, str] | None = None,
-    bleu_examples: int | None = None,
-    beam_size: int = 4,
-    bleu_alpha: float = 0.6,
-    partitioner: Partitioner | None = None,
-) -> tuple[Evaluator, BleuEvaluator | None]:
-    """The run's evaluators: losses of every eval task, and BLEU of `bleu_languages`' tasks.
-
-    One function for the trainer and `ptjf eval`, so a checkpoint scored after the run reads
-    exactly the batches and examples the run's own evals read.
-    """
-    eval_tasks = stg.plan_eval_tasks(plan)
-    apply_fn = make_apply_fn(EncoderDecoder(config))
-    evaluator = Evaluator(
-        steps.make_eval_step(apply_fn, num_tasks=1),
-        {
-            t: data.eval_batches(
-                t, "validation", lengths, batch_size, max_examples=max_eval_examples
-            )
-            for t in eval_tasks
-        },
-        {
-            t: data.eval_batches(t, "train", lengths, batch_size, max_examples=train_eval_examples)
-            for t in eval_tasks
-        },
-        partitioner=partitioner,
-    )
-    bleu = None
-    if bleu_languages:
-        bleu = BleuEvaluator.for_tasks(
-            bleu_languages,
-            EncoderDecoder(config),
-            lengths,
-            batch_size=batch_size,
-            max_examples=bleu_examples if bleu_examples is not None else max_eval_examples,
-            beam_size=beam_size,
-            alpha=bleu_alpha,
-            partitioner=partitioner,
-        )
-    return evaluator, bleu
-
-
 @dataclasses.dataclass
 class _Run:
     """What every stage of a run shares: the model, its mesh, eval data, writers and counters.
@@ -168,15 +102,37 @@ class _Run:
     config: TransformerConfig
     partitioner: Partitioner
     apply_fn: Any
-    evaluator: Evaluator
+    evaluators: startup.Background[tuple[Evaluator, BleuEvaluator | None]]
     writer: MetricsWriter | NullMetricsWriter
     options: dict[str, Any]
     examples_seen: dict[str, int]
     tokens_seen: dict[str, int]
-    bleu: BleuEvaluator | None = None
     last_eval: dict[str, Any] | None = None
+    timeline: startup.Timeline | None = None
+    startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     preemption: PreemptionWatch | None = None
     _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def evaluator(self) -> Evaluator:
+        """The eval data, read on a background thread after the first step (see `train`)."""
+        return self.evaluators.result()[0]
+
+    @property
+    def bleu(self) -> BleuEvaluator | None:
+        return self.evaluators.result()[1]
+
+    def mark(self, phase: str) -> None:
+        """Notes the end of a start-up phase, until the process's first step is done."""
+        if self.timeline is not None:
+            self.timeline.mark(phase)
+
+    def first_step_done(self) -> None:
+        assert self.timeline is not None
+        self.timeline.mark("first step")
+        log.info("launch to first step: %s", self.timeline.summary())
+        self.startup_seconds = dict(self.timeline.marks)
+        self.timeline = None
 
     def restore_counts(self, meta: Mapping[str, Any]) -> None:
         self.examples_seen.update(meta.get("examples_seen", {}))
@@ -314,7 +270,14 @@ def train(
     log.info("%s", partitioner.describe())
     config = model_config(plan)
     apply_fn = make_apply_fn(EncoderDecoder(config))
-    evaluator, bleu = build_evaluators(
+    timeline = startup.Timeline()
+    timeline.mark("configured")
+    # Read on a background thread after the first step (during start-up its Python would hold
+    # the GIL that the start-up work needs, and its tokenizing would take cores from the first
+    # step); the first log point waits for it, so bad eval data stops the run there, having
+    # lost nothing. A stage-start eval reads it before the stage's first step.
+    evaluators = startup.Background(
+        build_evaluators,
         plan,
         config,
         lengths,
@@ -326,6 +289,8 @@ def train(
         beam_size=beam_size,
         bleu_alpha=bleu_alpha,
         partitioner=partitioner,
+        name="ptjf-eval-data",
+        start=False,
     )
     if distributed.is_primary():  # one writer of the run's shared files
         writer: MetricsWriter | NullMetricsWriter = MetricsWriter(
@@ -342,7 +307,8 @@ def train(
         config=config,
         partitioner=partitioner,
         apply_fn=apply_fn,
-        evaluator=evaluator,
+        evaluators=evaluators,
+        timeline=timeline,
         writer=writer,
         options=dict(
             lengths=lengths,
@@ -360,7 +326,6 @@ def train(
         ),
         examples_seen=dict.fromkeys(eval_tasks, 0),
         tokens_seen=dict.fromkeys(eval_tasks, 0),
-        bleu=bleu,
     )
 
     # --- the stages, resuming where the latest checkpoint is ----------------------------
@@ -387,11 +352,15 @@ def train(
             global_step=plan.steps_before(index) + p.step,
             last_eval=run.last_eval,
             preempted=True,
+            startup_seconds=run.startup_seconds,
         )
     finally:
         writer.close()
     return RunSummary(
-        model_dir=model_dir, global_step=plan.steps_before(stop + 1), last_eval=run.last_eval
+        model_dir=model_dir,
+        global_step=plan.steps_before(stop + 1),
+        last_eval=run.last_eval,
+        startup_seconds=run.startup_seconds,
     )
 
 
@@ -470,14 +439,36 @@ def _train_stage(run: _Run, index: int) -> None:
     part = run.partitioner
     tx, schedule = stg.make_tx(run.plan, index)
     shardings = state_shardings(part, run.config, tx)
-    state, meta, parent = build_state(
-        run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx, part
+    train_step = steps.make_train_step(
+        run.apply_fn,
+        tx,
+        label_smoothing=opt["label_smoothing"],
+        z_loss=opt["z_loss"],
+        num_microbatches=opt["num_microbatches"],
+        schedule=schedule,
     )
-    # One placement for fresh, restored and switched states alike, so that the step's
-    # outputs match its inputs and it compiles once per stage.
-    state = jax.device_put(state, shardings)
-    run.restore_counts(meta)
-    start = int(state.step)
+    jit_kwargs = {"out_shardings": (shardings, part.replicated), "donate_argnums": (0,)}
+    # Made on the mesh (replicated), as the precompiled step expects it, on any number of hosts.
+    dropout_rng = part.jit(
+        lambda: jax.random.fold_in(jax.random.key(opt["seed"] + 1), index),
+        out_shardings=part.replicated,
+    )()
+    # The step compiles from shapes and the first batch is read while the state is built
+    # (ptjf.training.startup): three independent waits, overlapped. One compile per stage.
+    abstract_state = part.with_shardings(
+        jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(run.config)), shardings
+    )
+    batch_spec = startup.abstract_batch(
+        opt["lengths"], opt["batch_size"], opt["pack"], part.batch_sharding
+    )
+    rng_spec = jax.ShapeDtypeStruct(dropout_rng.shape, dropout_rng.dtype, sharding=part.replicated)
+    compiling = startup.Background(
+        part.compile,
+        train_step,
+        (abstract_state, batch_spec, rng_spec),
+        name="ptjf-compile-step",
+        **jit_kwargs,
+    )
     dataset = data.DatasetConfig(
         mixture_or_task_name=stage.mixture_or_task_name,
         task_feature_lengths=opt["lengths"],
@@ -488,26 +479,48 @@ def _train_stage(run: _Run, index: int) -> None:
     )
     task_names = data.mixture_task_names(dataset)
     shard_index, num_shards = part.data_shard(opt["batch_size"])
-    batches = data.host_train_batches(
-        dataset,
-        start_batch=start,
-        host_shard=shard_index,
-        num_host_shards=num_shards,
-        input_shards=opt["input_shards"],
+
+    def open_batches(start_batch: int):
+        return data.host_train_batches(
+            dataset,
+            start_batch=start_batch,
+            host_shard=shard_index,
+            num_host_shards=num_shards,
+            input_shards=opt["input_shards"],
+        )
+
+    # A resumed stage starts at its newest checkpoint; should that one be corrupted, the state
+    # comes from an older one and the stream is reopened at that step below.
+    own = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+    expected_start = own[-1] if own else 0
+
+    def open_and_read() -> tuple[Any, Any]:
+        stream = open_batches(expected_start)
+        return stream, next(stream)
+
+    reading = startup.Background(open_and_read, name="ptjf-first-batch")
+
+    state, meta, parent = build_state(
+        run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx, part
     )
-    step_fn = part.jit(
-        steps.make_train_step(
-            run.apply_fn,
-            tx,
-            label_smoothing=opt["label_smoothing"],
-            z_loss=opt["z_loss"],
-            num_microbatches=opt["num_microbatches"],
-            schedule=schedule,
-        ),
-        out_shardings=(shardings, part.replicated),
-        donate_argnums=(0,),
-    )
-    dropout_rng = jax.random.fold_in(jax.random.key(opt["seed"] + 1), index)
+    # One placement for fresh, restored and switched states alike, so that the step's
+    # inputs match what it was compiled for.
+    state = jax.device_put(state, shardings)
+    run.mark("state ready")
+    run.restore_counts(meta)
+    start = int(state.step)
+    batches, pending = reading.result()
+    if start != expected_start:
+        batches = open_batches(start)
+        pending = next(batches)
+    run.mark("first batch")
+    step_fn: Any = compiling.result()
+    run.mark("step compiled")
+    first = part.shard_batch(model_features(pending))
+    if startup.signature(first) != startup.signature(batch_spec):
+        # Not expected (the pipeline's features are fixed); the jitted step still runs them.
+        log.warning("The first batch does not fit the precompiled step; compiling it again.")
+        step_fn = part.jit(train_step, **jit_kwargs)
     checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
     base_step = run.plan.steps_before(index)
     log.info(
@@ -534,14 +547,22 @@ def _train_stage(run: _Run, index: int) -> None:
     window_tokens, window_start = 0, time.perf_counter()
     try:
         for step in range(start + 1, stage.steps + 1):
-            local = next(batches)
+            if step == start + 1:
+                local, batch = pending, first
+            else:
+                local = next(batches)
+                batch = part.shard_batch(model_features(local))
             window_tokens += run.count(task_names, local)
-            batch = part.shard_batch(model_features(local))
             state, metrics = step_fn(state, batch, dropout_rng)
+            if run.timeline is not None:  # once per process: the launch-to-first-step figure
+                jax.block_until_ready(metrics)
+                run.first_step_done()
+                run.evaluators.start()  # read while the next steps run
             nonfinite = nonfinite + metrics["nonfinite"]  # stays on the device
 
             is_eval = step % opt["eval_period"] == 0 or step == stage.steps
             if step % opt["log_every"] == 0 or is_eval:
+                run.evaluators.result()  # bad eval data stops the run at the first log point
                 if int(nonfinite):
                     raise TrainingError(
                         f"Stage {stage.name!r}: the loss became NaN or infinite by stage step "
