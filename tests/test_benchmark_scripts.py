@@ -1,17 +1,17 @@
 """Smoke tests of the input-pipeline, stage-switch and checkpointing benchmarks (`--quick`).
 
-Each script runs as `make bench` runs it, in its own process, and its JSON report is checked
+Each script's `main()` runs as `make bench` calls it (in this process), and its JSON report is checked
 for the documented keys and for values that follow from the run's own figures. No timing is
 compared with a threshold: the machine may be shared.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 
 import jax
@@ -20,22 +20,22 @@ import pytest
 from ptjf.models import count_params, preset
 
 _BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
-_TIMEOUT_S = 600  # generous: a loaded 2-core machine can be several times slower
 
 
-def run_script(name: str, tmp_path: pathlib.Path, *extra: str) -> dict:
+def run_script(name: str, tmp_path: pathlib.Path, capsys, *extra: str) -> dict:
+    """The script's `main()` with `--quick`, in this process (the interpreter and its imports
+    are already up), from `tmp_path`; its JSON report plus its last printed line."""
+    if str(_BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(_BENCHMARKS))  # the scripts import `train_throughput`
+    module = importlib.import_module(name)
     out = tmp_path / f"{name}.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run(
-        [sys.executable, str(_BENCHMARKS / f"{name}.py"), "--quick", "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        timeout=_TIMEOUT_S,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    summary = [line for line in done.stdout.splitlines() if line.strip()][-1]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        module.main(["--quick", "--out", str(out), *extra])
+    finally:
+        os.chdir(cwd)
+    summary = [line for line in capsys.readouterr().out.splitlines() if line.strip()][-1]
     report = json.loads(out.read_text())
     report["summary_line"] = summary
     return report
@@ -49,8 +49,8 @@ def check_environment(env: dict) -> None:
     assert len(env["load_average_at_end"]) == 3
 
 
-def test_input_pipeline_quick(tmp_path, bible_vocab):
-    # The session's vocabulary cache is shared with the subprocess (PTJF_DATA_DIR).
+def test_input_pipeline_quick(tmp_path, capsys, bible_vocab):
+    # The test session's vocabulary cache (PTJF_DATA_DIR) is the script's.
     train_json = tmp_path / "train_throughput.json"
     shape = {"batch_size": 32, "input_length": 64, "target_length": 64}
     train_json.write_text(
@@ -61,7 +61,7 @@ def test_input_pipeline_quick(tmp_path, bible_vocab):
             }
         )
     )
-    report = run_script("input_pipeline", tmp_path, "--train-json", str(train_json))
+    report = run_script("input_pipeline", tmp_path, capsys, "--train-json", str(train_json))
     check_environment(report["environment"])
     assert report["environment"]["ptjf_data_dir"] == os.environ["PTJF_DATA_DIR"]
     assert report["vocab_size"] == bible_vocab.vocab_size
@@ -100,8 +100,8 @@ def test_input_pipeline_quick(tmp_path, bible_vocab):
     assert report["summary_line"].startswith("input pipeline: ")
 
 
-def test_stage_switch_quick(tmp_path):
-    report = run_script("stage_switch", tmp_path)
+def test_stage_switch_quick(tmp_path, capsys):
+    report = run_script("stage_switch", tmp_path, capsys)
     check_environment(report["environment"])
     assert report["environment"]["page_cache"].startswith("warm")
     models = report["models"]
@@ -141,8 +141,8 @@ def test_stage_switch_quick(tmp_path):
     assert "x raw read (verified " in report["summary_line"]
 
 
-def test_checkpointing_quick(tmp_path):
-    report = run_script("checkpointing", tmp_path)
+def test_checkpointing_quick(tmp_path, capsys):
+    report = run_script("checkpointing", tmp_path, capsys)
     check_environment(report["environment"])
     r = report["result"]
     assert (r["model"], r["period"], r["steps"], r["saves"]) == ("tiny", 3, 6, 2)
