@@ -54,12 +54,28 @@ def param_shardings(partitioner: Partitioner, config: TransformerConfig) -> Any:
     return partitioner.param_shardings(_logical_axes(config), abstract_params(config))
 
 
+def _abstract_state(config: TransformerConfig, tx: optax.GradientTransformation) -> TrainState:
+    return jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(config))
+
+
 def state_shardings(
     partitioner: Partitioner, config: TransformerConfig, tx: optax.GradientTransformation
 ) -> TrainState:
     """The `TrainState` of shardings for `tx`'s optimizer state over the model's parameters."""
-    abstract = jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(config))
-    return partitioner.state_shardings(abstract, param_shardings(partitioner, config))
+    return partitioner.state_shardings(
+        _abstract_state(config, tx), param_shardings(partitioner, config)
+    )
+
+
+def sharded_state_target(
+    partitioner: Partitioner,
+    config: TransformerConfig,
+    tx: optax.GradientTransformation,
+    shardings: TrainState,
+) -> TrainState:
+    """The train state as shapes, dtypes and `shardings`: a restore target, and what the train
+    step compiles for."""
+    return partitioner.with_shardings(_abstract_state(config, tx), shardings)
 
 
 def sharded_params_target(partitioner: Partitioner, config: TransformerConfig) -> Any:
@@ -145,9 +161,7 @@ def build_state(
     """The state a stage starts (or resumes) from, its saved metadata and its parent."""
     stage = plan.stages[index]
     shardings = state_shardings(partitioner, config, tx)
-    target = partitioner.with_shardings(
-        jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(config)), shardings
-    )
+    target = sharded_state_target(partitioner, config, tx, shardings)
     here = os.path.join(model_dir, stage.name)
     own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
     if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)

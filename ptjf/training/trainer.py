@@ -45,7 +45,7 @@ from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter, ProgressDisplay
 from ptjf.training.preemption import Preempted, PreemptionWatch
-from ptjf.training.stage_state import abstract_params, build_state, state_shardings
+from ptjf.training.stage_state import build_state, sharded_state_target, state_shardings
 from ptjf.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -455,9 +455,7 @@ def _train_stage(run: _Run, index: int) -> None:
     )()
     # The step compiles from shapes and the first batch is read while the state is built
     # (ptjf.training.startup): three independent waits, overlapped. One compile per stage.
-    abstract_state = part.with_shardings(
-        jax.eval_shape(lambda p: stg.switch_state(p, tx), abstract_params(run.config)), shardings
-    )
+    abstract_state = sharded_state_target(part, run.config, tx, shardings)
     batch_spec = startup.abstract_batch(
         opt["lengths"], opt["batch_size"], opt["pack"], part.batch_sharding
     )
