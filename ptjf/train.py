@@ -24,16 +24,18 @@ from ptjf.errors import ConfigError
 def enable_compilation_cache() -> None:
     """Keeps compiled steps under PTJF_DATA_DIR so a rerun (resume, the next sweep point)
     starts in seconds; a cache the user configured (JAX_COMPILATION_CACHE_DIR) wins."""
+    import os
+
     import jax
 
     from ptjf.data.vocabularies import data_dir
 
-    if jax.config.jax_compilation_cache_dir:
-        return
-    jax.config.update("jax_compilation_cache_dir", str(data_dir() / "jax-cache"))
-    # Every compile: the init and eval functions compile in under a second each, but a launch
-    # pays all of them before its first step.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(data_dir() / "jax-cache"))
+    # Every compile, whichever directory: the init, eval and checkpoint-fingerprint functions
+    # compile in under a second each, but a launch pays all of them before its first step.
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def run(gin_files: Sequence[str], gin_bindings: Sequence[str]):

@@ -84,6 +84,7 @@ def test_launch_to_first_step_is_timed_by_phase(ptjf_run):
         "state ready",
         "first batch",
         "step compiled",
+        "first step started",
         "first step",
     ]
     seconds = list(phases.values())

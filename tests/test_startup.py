@@ -61,3 +61,29 @@ def test_a_deferred_background_waits_for_start_or_result():
     work.start()  # idempotent
     assert work.result() == "done" and ran == [1]
     assert startup.Background(lambda: 7, start=False).result() == 7
+
+
+def test_the_compilation_cache_keeps_every_compile_in_any_directory(monkeypatch, tmp_path):
+    # A launch pays every sub-second compile (init, eval, checkpoint fingerprint) before its
+    # first step, so each is kept, also in a cache directory the user chose.
+    from ptjf import train
+
+    saved = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        train.enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        # A threshold the user set in the environment stays.
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        train.enable_compilation_cache()
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])

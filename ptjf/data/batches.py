@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 
 from ptjf.data import mixing
+from ptjf.data.tracing import without_autograph
 from ptjf.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -150,13 +151,19 @@ def _model_features(ex: Mapping[str, tf.Tensor], packed: bool) -> dict[str, tf.T
 
 
 def to_features(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> tf.data.Dataset:
-    """{inputs, targets, task_ids} examples → fixed-length model features (packed or padded)."""
+    """{inputs, targets, task_ids} examples → fixed-length model features (packed or padded).
+
+    SeqIO's packing loop needs AutoGraph; padding and the feature maps are traced without it
+    (`ptjf.data.tracing`).
+    """
     feature_lengths = {**lengths, "task_ids": lengths["targets"]}
     if pack:
         ds = seqio.utils.trim_and_pack_dataset(ds, feature_lengths)
     else:
-        ds = seqio.utils.trim_and_pad_dataset(ds, feature_lengths)
-    return ds.map(lambda ex: _model_features(ex, pack), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = without_autograph(lambda: seqio.utils.trim_and_pad_dataset(ds, feature_lengths))
+    return without_autograph(
+        lambda: ds.map(lambda ex: _model_features(ex, pack), num_parallel_calls=tf.data.AUTOTUNE)
+    )
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:

@@ -21,6 +21,7 @@ import seqio
 import tensorflow as tf
 
 from ptjf import sampling
+from ptjf.data.tracing import without_autograph
 from ptjf.errors import DataError, RatesError
 
 # ptjf.tasks is imported lazily: importing it registers the embedded tasks.
@@ -113,25 +114,34 @@ def task_dataset(
 ) -> tf.data.Dataset:
     """One task's tokenized examples (targets trimmed with EOS kept, as SeqIO does) plus
     `task_ids`. SeqIO's in-memory cache is off so that each epoch is a fresh permutation of
-    the source (the cache would freeze the first epoch's order)."""
+    the source (the cache would freeze the first epoch's order). Built without AutoGraph
+    unless the task's preprocessors need it (`ptjf.data.tracing`)."""
     task = seqio.get_mixture_or_task(task_name)
-    ds = task.get_dataset(
-        sequence_length=dict(lengths),
-        split=split,
-        shuffle=shuffle,
-        seed=seed,
-        shard_info=shard_info,
-        num_epochs=num_epochs,
-        try_in_mem_cache=False,
-    )
-    return _with_task_ids(ds, task_id)
+
+    def build() -> tf.data.Dataset:
+        ds = task.get_dataset(
+            sequence_length=dict(lengths),
+            split=split,
+            shuffle=shuffle,
+            seed=seed,
+            shard_info=shard_info,
+            num_epochs=num_epochs,
+            try_in_mem_cache=False,
+        )
+        return _with_task_ids(ds, task_id)
+
+    return without_autograph(build, f"task {task_name!r}")
 
 
 def check_not_empty(
     task_name: str, *, split: str, lengths: Mapping[str, int], shard_info: seqio.ShardInfo
 ) -> None:
     """Raises `DataError` if a task gives no example at all for this host: an empty repeated
-    dataset would otherwise be skipped silently by the sampler."""
+    dataset would otherwise be skipped silently by the sampler.
+
+    It reads its own unshuffled pass: taking an example from the stream's dataset would start
+    one of its shuffles, so the stream's order would depend on this check.
+    """
     ds = task_dataset(
         task_name,
         0,

@@ -437,6 +437,38 @@ def _train_stage(run: _Run, index: int) -> None:
     stage = run.plan.stages[index]
     stage_dir = os.path.join(run.model_dir, stage.name)
     part = run.partitioner
+    dataset = data.DatasetConfig(
+        mixture_or_task_name=stage.mixture_or_task_name,
+        task_feature_lengths=opt["lengths"],
+        batch_size=opt["batch_size"],
+        seed=opt["seed"] + 1000 * index,
+        pack=opt["pack"],
+        rates=stage.rates,
+    )
+    task_names = data.mixture_task_names(dataset)
+    shard_index, num_shards = part.data_shard(opt["batch_size"])
+
+    def open_batches(start_batch: int):
+        return data.host_train_batches(
+            dataset,
+            start_batch=start_batch,
+            host_shard=shard_index,
+            num_host_shards=num_shards,
+            input_shards=opt["input_shards"],
+        )
+
+    # The first batch is read from the start: building its tf.data pipeline is the longest of
+    # the three waits below. A resumed stage starts at its newest checkpoint; should that one be
+    # corrupted, the state comes from an older one and the stream is reopened at that step.
+    own = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+    expected_start = own[-1] if own else 0
+
+    def open_and_read() -> tuple[Any, Any]:
+        stream = open_batches(expected_start)
+        return stream, next(stream)
+
+    reading = startup.Background(open_and_read, name="ptjf-first-batch")
+
     tx, schedule = stg.make_tx(run.plan, index)
     shardings = state_shardings(part, run.config, tx)
     train_step = steps.make_train_step(
@@ -467,36 +499,6 @@ def _train_stage(run: _Run, index: int) -> None:
         name="ptjf-compile-step",
         **jit_kwargs,
     )
-    dataset = data.DatasetConfig(
-        mixture_or_task_name=stage.mixture_or_task_name,
-        task_feature_lengths=opt["lengths"],
-        batch_size=opt["batch_size"],
-        seed=opt["seed"] + 1000 * index,
-        pack=opt["pack"],
-        rates=stage.rates,
-    )
-    task_names = data.mixture_task_names(dataset)
-    shard_index, num_shards = part.data_shard(opt["batch_size"])
-
-    def open_batches(start_batch: int):
-        return data.host_train_batches(
-            dataset,
-            start_batch=start_batch,
-            host_shard=shard_index,
-            num_host_shards=num_shards,
-            input_shards=opt["input_shards"],
-        )
-
-    # A resumed stage starts at its newest checkpoint; should that one be corrupted, the state
-    # comes from an older one and the stream is reopened at that step below.
-    own = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
-    expected_start = own[-1] if own else 0
-
-    def open_and_read() -> tuple[Any, Any]:
-        stream = open_batches(expected_start)
-        return stream, next(stream)
-
-    reading = startup.Background(open_and_read, name="ptjf-first-batch")
 
     state, meta, parent = build_state(
         run.plan, index, run.model_dir, run.config, opt["checkpoint"], opt["seed"], tx, part
@@ -551,6 +553,7 @@ def _train_stage(run: _Run, index: int) -> None:
                 local = next(batches)
                 batch = part.shard_batch(model_features(local))
             window_tokens += run.count(task_names, local)
+            run.mark("first step started")  # once per process: all it needs is ready
             state, metrics = step_fn(state, batch, dropout_rng)
             if run.timeline is not None:  # once per process: the launch-to-first-step figure
                 jax.block_until_ready(metrics)
