@@ -435,7 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    from ptjf import distributed
+    from ptjf import distributed, malloc_arenas
+
+    malloc_arenas.limit_arenas()  # before any thread starts: a lower peak memory
 
     try:
         return int(args.fn(args) or 0)

@@ -509,6 +509,10 @@ def _train_stage(run: _Run, index: int) -> None:
     run.mark("state ready")
     run.restore_counts(meta)
     start = int(state.step)
+    checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
+    if start == 0:  # written while the first batch and the compiled step are on their way
+        faults.inject("stage_start", index)
+        checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
     batches, pending = reading.result()
     if start != expected_start:
         batches = open_batches(start)
@@ -521,7 +525,6 @@ def _train_stage(run: _Run, index: int) -> None:
         # Not expected (the pipeline's features are fixed); the jitted step still runs them.
         log.warning("The first batch does not fit the precompiled step; compiling it again.")
         step_fn = part.jit(train_step, **jit_kwargs)
-    checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
     base_step = run.plan.steps_before(index)
     log.info(
         "stage %d/%d %r on %s: steps %d..%d",
@@ -532,11 +535,8 @@ def _train_stage(run: _Run, index: int) -> None:
         start,
         stage.steps,
     )
-    if start == 0:
-        faults.inject("stage_start", index)
-        checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
-        if opt["eval_at_stage_start"]:
-            run.evaluate(state, index, 0, None)
+    if start == 0 and opt["eval_at_stage_start"]:
+        run.evaluate(state, index, 0, None)
 
     progress = ProgressDisplay(
         stage.steps,
