@@ -509,43 +509,43 @@ def _train_stage(run: _Run, index: int) -> None:
     run.mark("state ready")
     run.restore_counts(meta)
     start = int(state.step)
-    checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
-    if start == 0:  # written while the first batch and the compiled step are on their way
-        faults.inject("stage_start", index)
-        checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
-    batches, pending = reading.result()
-    if start != expected_start:
-        batches = open_batches(start)
-        pending = next(batches)
-    run.mark("first batch")
-    step_fn: Any = compiling.result()
-    run.mark("step compiled")
-    first = part.shard_batch(model_features(pending))
-    if startup.signature(first) != startup.signature(batch_spec):
-        # Not expected (the pipeline's features are fixed); the jitted step still runs them.
-        log.warning("The first batch does not fit the precompiled step; compiling it again.")
-        step_fn = part.jit(train_step, **jit_kwargs)
-    base_step = run.plan.steps_before(index)
-    log.info(
-        "stage %d/%d %r on %s: steps %d..%d",
-        index + 1,
-        len(run.plan.stages),
-        stage.name,
-        stage.mixture_or_task_name,
-        start,
-        stage.steps,
-    )
-    if start == 0 and opt["eval_at_stage_start"]:
-        run.evaluate(state, index, 0, None)
-
     progress = ProgressDisplay(
         stage.steps,
         stage_name=stage.name,
         stream=None if distributed.is_primary() else io.StringIO(),
     )
-    nonfinite = jnp.zeros((), jnp.int32)
-    window_tokens, window_start = 0, time.perf_counter()
-    try:
+    checkpointer = ckpt.StageCheckpointer(stage_dir, opt["checkpoint"])
+    try:  # from here on, an error still waits for a save in flight (finally)
+        if start == 0:  # written while the first batch and the compiled step are on their way
+            faults.inject("stage_start", index)
+            checkpointer.save(0, state, run.metadata(index, 0, parent), force=True)
+        batches, pending = reading.result()
+        if start != expected_start:
+            batches = open_batches(start)
+            pending = next(batches)
+        run.mark("first batch")
+        step_fn: Any = compiling.result()
+        run.mark("step compiled")
+        first = part.shard_batch(model_features(pending))
+        if startup.signature(first) != startup.signature(batch_spec):
+            # Not expected (the pipeline's features are fixed); the jitted step still runs them.
+            log.warning("The first batch does not fit the precompiled step; compiling it again.")
+            step_fn = part.jit(train_step, **jit_kwargs)
+        base_step = run.plan.steps_before(index)
+        log.info(
+            "stage %d/%d %r on %s: steps %d..%d",
+            index + 1,
+            len(run.plan.stages),
+            stage.name,
+            stage.mixture_or_task_name,
+            start,
+            stage.steps,
+        )
+        if start == 0 and opt["eval_at_stage_start"]:
+            run.evaluate(state, index, 0, None)
+
+        nonfinite = jnp.zeros((), jnp.int32)
+        window_tokens, window_start = 0, time.perf_counter()
         for step in range(start + 1, stage.steps + 1):
             if step == start + 1:
                 local, batch = pending, first
