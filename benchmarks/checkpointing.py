@@ -106,12 +106,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny model, a few steps")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    for name in ("batch_size", "input_length", "target_length", "steps", "period"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= 1.")
+    tt.fill_defaults(args, QUICK, FULL)
+    tt.check_at_least(args, ("batch_size", "input_length", "target_length", "steps", "period"), 1)
     if args.warmup_steps < 0 or args.restore_repeats < 1:
         raise ConfigError("--warmup-steps must be >= 0 and --restore-repeats >= 1.")
     if args.period > args.steps:

@@ -60,7 +60,6 @@ import train_throughput
 
 from ptjf.data.batches import Batch, DatasetConfig, count_by_task, train_batches
 from ptjf.data.vocabularies import padded_vocab_size
-from ptjf.errors import ConfigError
 
 IMPORTS_DONE = time.perf_counter()
 
@@ -120,15 +119,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="few batches, seconds-long run")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    for name in ("batch_size", "input_length", "target_length", "batches", "repeats"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= 1.")
-    for name in ("warmup_batches", "resume_batches", "trainer_steps"):
-        if getattr(args, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= 0.")
+    train_throughput.fill_defaults(args, QUICK, FULL)
+    train_throughput.check_at_least(
+        args, ("batch_size", "input_length", "target_length", "batches", "repeats"), 1
+    )
+    train_throughput.check_at_least(args, ("warmup_batches", "resume_batches", "trainer_steps"), 0)
     return args
 
 

@@ -91,9 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="two small models, one repeat")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    train_throughput.fill_defaults(args, QUICK, FULL)
     default_models = QUICK_MODELS if args.quick else FULL_MODELS
     args.models = (
         [m.strip() for m in args.models.split(",") if m.strip()]
@@ -106,10 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"--models names unknown preset(s) {unknown}; expected a comma-separated list "
             f"from {list(PRESET_NAMES)}."
         )
-    if args.repeats < 1:
-        raise ConfigError(f"--repeats = {args.repeats}: expected >= 1.")
-    if args.vocab_size < 3:
-        raise ConfigError(f"--vocab-size = {args.vocab_size}: expected >= 3.")
+    train_throughput.check_at_least(args, ("repeats",), 1)
+    train_throughput.check_at_least(args, ("vocab_size",), 3)
     return args
 
 

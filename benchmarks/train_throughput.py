@@ -154,12 +154,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.launches is None:
         args.launches = not args.quick
-    for name, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_defaults(args, QUICK, FULL)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     _check_args(args)
     return args
+
+
+def fill_defaults(args: argparse.Namespace, quick: dict[str, Any], full: dict[str, Any]) -> None:
+    """Options left unset take the `--quick` or the full run's value (shared by every script)."""
+    for name, value in (quick if args.quick else full).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
+def check_at_least(args: argparse.Namespace, names: Sequence[str], minimum: int) -> None:
+    """Refuses an option below `minimum`, naming it as the command line spells it."""
+    for name in names:
+        if getattr(args, name) < minimum:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= {minimum}."
+            )
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -169,11 +183,10 @@ def _check_args(args: argparse.Namespace) -> None:
             f"--models {','.join(args.models)!r} names unknown preset(s) {unknown}; expected "
             f"a comma-separated list from {list(PRESET_NAMES)} (benchmarked: {MODEL_CHOICES})."
         )
-    for name in ("batch_size", "input_length", "target_length", "steps", "matmul_trials"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= 1.")
-    if args.warmup_steps < 0:
-        raise ConfigError(f"--warmup-steps = {args.warmup_steps}: expected >= 0.")
+    check_at_least(
+        args, ("batch_size", "input_length", "target_length", "steps", "matmul_trials"), 1
+    )
+    check_at_least(args, ("warmup_steps",), 0)
     if args.vocab_size < 3:
         raise ConfigError(
             f"--vocab-size = {args.vocab_size}: expected >= 3 (ids 0 and 1 are padding and EOS)."

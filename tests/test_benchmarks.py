@@ -90,3 +90,14 @@ def test_untied_flag_gives_reference_parameter_count(bench):
 def test_unknown_model_is_rejected_with_the_known_names(bench):
     with pytest.raises(ConfigError, match=r"nmt_3layr.*nmt_3layer"):
         bench.parse_args(["--models", "nmt_3layr"])
+
+
+def test_benchmark_options_below_their_minimum_are_refused_by_name(bench):
+    import argparse
+
+    args = argparse.Namespace(quick=True, batch_size=None, steps=0)
+    bench.fill_defaults(args, {"batch_size": 4, "steps": 9}, {"batch_size": 32, "steps": 40})
+    assert args.batch_size == 4 and args.steps == 0  # only unset options take a default
+    with pytest.raises(ConfigError, match=r"^--steps = 0: expected >= 1\.$"):
+        bench.check_at_least(args, ("batch_size", "steps"), 1)
+    bench.check_at_least(args, ("steps",), 0)
