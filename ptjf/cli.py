@@ -229,7 +229,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    from ptjf import checkpoints, distributed, stages, switch
+    from ptjf import checkpoints, distributed, stages, storage, switch
     from ptjf import config as gin_config
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
@@ -238,7 +238,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     _join_multihost(args)
     gin_config.parse_gin(files, bindings)
     plan = stages.Plan()
-    if args.exist_ok and os.path.isdir(args.target) and checkpoints.finalized_steps(args.target):
+    if args.exist_ok and checkpoints.finalized_steps(storage.check_uri(args.target)):
         print(f"ptjf switch: {args.target} already holds a checkpoint; nothing to do")
         return 0
     src, step = switch.switch(
@@ -251,7 +251,7 @@ def cmd_switch(args: argparse.Namespace) -> int:
     )
     if args.copy_metrics and distributed.is_primary():
         copied = switch.copy_metrics(src, step, args.target)
-        print(f"ptjf switch: copied {copied} eval records of {os.path.dirname(src)}")
+        print(f"ptjf switch: copied {copied} eval records of {storage.dirname(src)}")
     print(
         f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)"
     )

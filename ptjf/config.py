@@ -402,14 +402,14 @@ def save_config(model_dir: str) -> str:
 
     Call it after the configured objects were built, so the operative config is complete.
     """
-    path = os.path.join(model_dir, "config.gin")
+    from ptjf import storage
+
+    path = storage.join(model_dir, "config.gin")
     try:
-        os.makedirs(model_dir, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(operative_config())
+        storage.write_text(path, operative_config())
     except OSError as e:
         raise ConfigError(
-            f"Cannot write the gin config to {path}: {e.strerror or e}. Pass a writable "
-            "directory with --gin.MODEL_DIR=..."
+            f"Cannot write the gin config to {path}: {storage.describe_error(e, path)} Pass a "
+            "writable directory or gs://BUCKET/path with --gin.MODEL_DIR=..."
         ) from e
     return path

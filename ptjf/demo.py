@@ -8,9 +8,9 @@ per task from the runs' metrics.jsonl. Rerunning resumes or skips finished runs.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 
+from ptjf import storage
 from ptjf.training.metrics_io import read_metrics
 
 METHODS = {"ptjf": "runs/ptjf.gin", "scalarization": "runs/scalarization.gin"}
@@ -73,7 +73,7 @@ def run_demo(model_dir: str = "runs/demo", *, quick: bool = False) -> list[dict]
     """Trains both methods (resuming finished work) and prints the comparison."""
     from ptjf import train
 
-    runs = {m: os.path.abspath(os.path.join(model_dir, m)) for m in METHODS}
+    runs = {m: storage.absolute(storage.join(model_dir, m)) for m in METHODS}
     for method, run_file in METHODS.items():
         print(f"== {method}: {run_file} + {EXPERIMENT} → {runs[method]}", flush=True)
         bindings = [f"MODEL_DIR = '{runs[method]}'"] + (QUICK if quick else [])
@@ -84,6 +84,7 @@ def run_demo(model_dir: str = "runs/demo", *, quick: bool = False) -> list[dict]
     print()
     for method, path in runs.items():
         print(
-            f"{method}: metrics {path}/metrics.jsonl, TensorBoard {path}/tb, checkpoints {path}/<stage>/"
+            f"{method}: metrics {storage.join(path, 'metrics.jsonl')}, TensorBoard "
+            f"{storage.join(path, 'tb')}, checkpoints {storage.join(path, '<stage>')}/"
         )
     return rows

@@ -29,6 +29,7 @@ import gin
 
 from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
+from ptjf import storage
 from ptjf.errors import CheckpointError, ConfigError, DataError, PtjfError, UnknownNameError
 from ptjf.partitioning import Partitioner
 from ptjf.training import stage_state
@@ -72,9 +73,9 @@ def _checkpoint_location(
         return ckpt.parse_checkpoint_path(os.fspath(checkpoint))
     names = [s.name for s in plan.stages]
     stage = last_stage if last_stage in names else names[-1]
-    stage_dir = os.path.join(model_dir, stage)
+    stage_dir = storage.join(model_dir, stage)
     if not ckpt.finalized_steps(stage_dir):
-        have = {n: ckpt.finalized_steps(os.path.join(model_dir, n)) for n in names}
+        have = {n: ckpt.finalized_steps(storage.join(model_dir, n)) for n in names}
         listed = "; ".join(f"{n}: {s}" for n, s in have.items() if s) or "none"
         raise CheckpointError(
             f"{model_dir} has no checkpoint of stage {stage!r}, the run's last stage (has it "
@@ -105,9 +106,9 @@ def _bleu_languages(eval_tasks: list[str], bleu_examples: object, alpha: object)
 
 def _train_scalars(model_dir: str, record: Mapping[str, Any]) -> dict | None:
     """The training scalars of the trainer's record at the same step, if it wrote one."""
-    from ptjf.training.metrics_io import METRICS_FILE, read_metrics
+    from ptjf.training.metrics_io import has_metrics, read_metrics
 
-    if not os.path.isfile(os.path.join(model_dir, METRICS_FILE)):
+    if not has_metrics(model_dir):
         return None
     key = (record["stage_index"], record["stage"], record["stage_step"])
     for r in reversed(read_metrics(model_dir)):
@@ -203,17 +204,16 @@ def evaluate_checkpoint(
 
 
 def _read_sweep(sweep_dir: str) -> list[dict]:
-    path = os.path.join(sweep_dir, SWEEP_FILE)
-    if not os.path.isfile(path):
+    path = storage.join(sweep_dir, SWEEP_FILE)
+    if not storage.isfile(path):
         raise DataError(
             f"No {SWEEP_FILE} in {sweep_dir}: it is not a sweep directory. Pass the directory "
             "`ptjf sweep` ran in (its --sweep_dir or Sweep.sweep_dir), which holds sweep.json, "
             "shared/ and points/."
         )
     try:
-        with open(path, encoding="utf-8") as f:
-            nodes = json.load(f).get("nodes")
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        nodes = json.loads(storage.read_text(path)).get("nodes")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
         raise DataError(f"Cannot read {path}: {e}. Rerun `ptjf sweep` to rewrite it.") from e
     if not isinstance(nodes, list):
         raise DataError(f"{path} has no list of nodes; rerun `ptjf sweep` to rewrite it.")
@@ -238,18 +238,17 @@ def point_train_command(node: Mapping[str, Any]) -> tuple[list[str], list[str]]:
 
 def _method(node: Mapping[str, Any]) -> str:
     """The point's method (its point.json; else its name's first word, as sweeps name points)."""
-    path = os.path.join(str(node.get("directory", "")), POINT_FILE)
+    path = storage.join(str(node.get("directory", "")), POINT_FILE)
     try:
-        with open(path, encoding="utf-8") as f:
-            return str(json.load(f)["method"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str(json.loads(storage.read_text(path))["method"])
+    except (OSError, ValueError, KeyError, TypeError):  # ValueError: also a bad path
         return str(node.get("name", "")).split("-")[0]
 
 
 def _has_bleu(directory: str) -> bool:
-    from ptjf.training.metrics_io import METRICS_FILE, read_metrics
+    from ptjf.training.metrics_io import has_metrics, read_metrics
 
-    if not os.path.isfile(os.path.join(directory, METRICS_FILE)):
+    if not has_metrics(directory):
         return False
     records = read_metrics(directory)
     return bool(records and records[-1].get("bleu"))
@@ -273,7 +272,7 @@ def evaluate_sweep(
     from ptjf.experiments.results import METHOD_ORDER
 
     out = out or sys.stdout
-    nodes = [n for n in _read_sweep(os.fspath(sweep_dir)) if n.get("kind") != "shared"]
+    nodes = [n for n in _read_sweep(storage.check_uri(sweep_dir)) if n.get("kind") != "shared"]
     if methods is not None:
         present = {_method(n) for n in nodes}
         for m in methods:
@@ -289,7 +288,7 @@ def evaluate_sweep(
     status: dict[str, str] = {}
     for i, node in enumerate(nodes, start=1):
         name, directory = str(node.get("name")), str(node.get("directory", ""))
-        if not os.path.exists(os.path.join(directory, DONE_FILE)):
+        if not storage.exists(storage.join(directory, DONE_FILE)):
             status[name] = "unfinished"
         elif _has_bleu(directory):
             status[name] = "has bleu"

@@ -11,27 +11,28 @@ The cost is one read of the parameters: they are restored onto the mesh, which c
 fit the target model (from the item's metadata, before any array is read; a mismatch names the
 first path and both shapes, and nothing is written) and that they read back with the
 fingerprint the source recorded. The new step's parameter files are then hard links to the
-source's where the filesystem allows, a copy written by orbax otherwise
-(`ptjf.checkpoint_link`).
+source's where the filesystem allows, objects copied by GCS itself when both are on `gs://`, a
+copy written by orbax otherwise (`ptjf.checkpoint_link`, which also says how a step is published
+on GCS, where no directory can be renamed atomically).
 
 `copy_metrics` gives the new run its parent's eval history (the records up to the fork), so a
-point forked from a shared pre-training has a metrics.jsonl that covers its whole life.
+point forked from a shared pre-training has a metrics log that covers its whole life (on local
+disk or `gs://`, either side).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
-from ptjf import checkpoint_link
+from ptjf import checkpoint_link, storage
 from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
 from ptjf.partitioning import Partitioner
-from ptjf.training import stage_state
+from ptjf.training import metrics_io, stage_state
 from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
 from ptjf.training.trainer import plan_vocabulary
 
@@ -64,17 +65,18 @@ def switch(
             f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME."
         )
     index = names.index(name)
+    source, target = storage.check_uri(source), storage.check_uri(target)
     src_dir, src_step = ckpt.parse_checkpoint_path(source)
-    steps = ckpt.finalized_steps(src_dir) if os.path.isdir(src_dir) else []
+    steps = ckpt.finalized_steps(src_dir)
     if not steps:
         raise CheckpointError(
             f"No finished checkpoint in {src_dir!r}. Pass a stage directory that holds "
             "checkpoints (MODEL_DIR/<stage>) or DIR/STEP."
         )
     src_step = steps[-1] if src_step is None else src_step
-    if os.path.isdir(target) and ckpt.finalized_steps(target):
+    if done := ckpt.finalized_steps(target):
         raise CheckpointError(
-            f"{target!r} already holds checkpoints {ckpt.finalized_steps(target)}; switch into an "
+            f"{target!r} already holds checkpoints {done}; switch into an "
             "empty stage directory so nothing is overwritten."
         )
     stg.make_tx(plan, index)  # the stage's optimizer and schedule fail now, not at `ptjf train`
@@ -110,7 +112,7 @@ def switch(
         target,
         load,
         metadata,
-        source_step_dir=os.path.join(src_dir, str(src_step)),
+        source_step_dir=storage.join(src_dir, str(src_step)),
         params_fingerprint=(meta.get("fingerprints") or {}).get(ckpt.PARAMS),
         checkpoint=checkpoint,
         link=link,
@@ -119,25 +121,40 @@ def switch(
 
 
 def copy_metrics(source_stage_dir: str, source_step: int, target_stage_dir: str) -> int:
-    """Copies the source run's eval records up to the fork into the target run's metrics.jsonl.
+    """Copies the source run's eval records up to the fork into the target run's metrics log.
 
     The source run is the stage directory's parent (its MODEL_DIR); records up to the source
     checkpoint's global step are copied. Nothing is done when the target run already has
     metrics (a rerun). Returns the number of records copied.
+
+    The records are written in one go, as the log's first piece: on local disk the file
+    `metrics.jsonl` (replaced atomically); on `gs://`, which has no append, the log's first part
+    `metrics.jsonl.parts/00000000.jsonl` (`ptjf.training.metrics_io`), created only if no
+    writer got there first, so the run's own records (later parts) read after them.
     """
-    target_file = os.path.join(os.path.dirname(target_stage_dir.rstrip("/")), METRICS_FILE)
-    if os.path.exists(target_file) and os.path.getsize(target_file) > 0:
+    target_run = storage.dirname(storage.check_uri(target_stage_dir))
+    target_log = storage.join(target_run, METRICS_FILE)
+    if _has_records(target_log):
         return 0
-    source_run = os.path.dirname(source_stage_dir.rstrip("/"))
-    if not os.path.isfile(os.path.join(source_run, METRICS_FILE)):
+    source_run = storage.dirname(storage.check_uri(source_stage_dir))
+    source_log = storage.join(source_run, METRICS_FILE)
+    if not metrics_io.log_sources(source_log):
         return 0
     with ckpt.StageCheckpointer(source_stage_dir, read_only=True) as c:
         limit = int(c.read_metadata(source_step).get("global_step", 0))
-    records = [r for r in read_metrics(source_run) if r.get("global_step", 0) <= limit]
-    os.makedirs(os.path.dirname(target_file), exist_ok=True)
-    tmp = target_file + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(to_json_value(record), allow_nan=False) + "\n")
-    os.replace(tmp, target_file)
+    records = [r for r in read_metrics(source_log) if r.get("global_step", 0) <= limit]
+    text = "".join(json.dumps(to_json_value(r), allow_nan=False) + "\n" for r in records)
+    if storage.is_remote(target_log):
+        if not records:
+            return 0
+        first = storage.join(metrics_io.parts_dir(target_log), metrics_io.part_name(0))
+        if not storage.create_exclusive(first, text.encode("utf-8")):
+            return 0  # the run wrote its own records first
+    else:
+        storage.write_text(target_log, text)
     return len(records)
+
+
+def _has_records(log_path: str) -> bool:
+    """Whether a metrics log holds anything: a non-empty file, or any part."""
+    return any(s != log_path or storage.size(s) > 0 for s in metrics_io.log_sources(log_path))

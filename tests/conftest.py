@@ -35,3 +35,21 @@ def fresh_gin_config():
 
     gin.clear_config()
     yield
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A GCS API on 127.0.0.1 (fake-gcs-server), started once per session, stopped after it;
+    this process's storage clients and every child process are pointed at it."""
+    from gcs_emulator import GcsEmulator, point_clients_at
+
+    emulator = GcsEmulator().start()
+    point_clients_at(emulator)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """A fresh bucket on the emulator, as `gs://NAME`."""
+    return f"gs://{gcs_emulator.bucket()}"

@@ -27,6 +27,7 @@ SECTIONS = (
     "Checkpoints and the stage switch",
     "Training",
     "Multi-host and meshes",
+    "Storage (local disk and gs://)",
     "Metrics and reports",
 )
 HEADER = ("What went wrong", "What ptjf says", "What to do", "Test")

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from ptjf import checkpoints as ckpt
-from ptjf import train
+from ptjf import storage, train
 from ptjf.errors import CheckpointError
-from ptjf.training.metrics_io import TRAIN_METRICS_FILE
+from ptjf.experiments.results import clean_records
+from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
 
 pytestmark = pytest.mark.fault
 
@@ -47,8 +48,8 @@ BINDINGS = [
 FINAL_STEP = 14
 
 
-def final_params(model_dir: Path) -> dict[str, np.ndarray]:
-    stage_dir = model_dir / "joint"
+def final_params(model_dir: Path | str) -> dict[str, np.ndarray]:
+    stage_dir = storage.join(model_dir, "joint")
     with ckpt.StageCheckpointer(stage_dir, read_only=True) as c:
         params, _ = c.restore_params(8)
     return {
@@ -86,7 +87,7 @@ def command(model_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def launch(model_dir: Path, fault: str | None = None) -> subprocess.Popen:
+def launch(model_dir: Path | str, fault: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("PTJF_FAULT", None)
     if fault:
@@ -155,6 +156,35 @@ def test_kills_at_random_steps_async_saves_switch_and_sigterm_resume_exactly(ref
     code, out = run_to_end(launch(model_dir))
     assert code == 0 and f"done at global step {FINAL_STEP}" in out, out[-3000:]
     assert_bitwise_equal(final_params(model_dir), final_params(reference))
+
+
+def test_a_gs_run_killed_mid_save_resumes_to_the_local_run_bit_for_bit(
+    reference, gcs_bucket, tmp_path, monkeypatch
+):
+    """MODEL_DIR in a bucket (a GCS API on 127.0.0.1): every file of the run goes there, a kill
+    while a checkpoint is being written loses nothing final, and the rerun ends with the local
+    run's parameters and eval records."""
+    monkeypatch.chdir(tmp_path)  # a run that wrote to a local folder named "gs:" shows here
+    model_dir = f"{gcs_bucket}/run"
+    code, out = run_to_end(launch(model_dir, "kill@save:4"))
+    assert code == -signal.SIGKILL, out[-3000:]
+    assert ckpt.finalized_steps(f"{model_dir}/pretrain")[-1] == 2
+    code, out = run_to_end(launch(model_dir))
+    assert code == 0 and f"done at global step {FINAL_STEP}" in out, out[-3000:]
+    assert_bitwise_equal(final_params(model_dir), final_params(reference))
+
+    def comparable(records: list[dict]) -> list[dict]:
+        # As every reader takes them (the last record per stage step), without wall-clock time
+        # and the training-speed scalars, which differ between any two runs.
+        return [
+            {k: v for k, v in r.items() if k not in ("time", "train")}
+            for r in clean_records(records)
+        ]
+
+    records = read_metrics(model_dir)
+    assert comparable(records) == comparable(read_metrics(reference))
+    assert "MODEL_DIR" in storage.read_text(f"{model_dir}/config.gin")
+    assert os.listdir(tmp_path) == []
 
 
 def _data_files(checkpoint_dir: Path) -> list[Path]:

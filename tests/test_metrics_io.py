@@ -14,6 +14,7 @@ import pytest
 
 from ptjf.errors import ConfigError, DataError
 from ptjf.training import metrics_io as mio
+from ptjf.training import progress
 
 
 def eval_record(global_step: int, loss) -> dict:
@@ -210,7 +211,7 @@ def test_tensorboard_event_file_has_the_expected_tags_steps_and_values(tmp_path)
     ],
 )
 def test_format_eta(seconds, text):
-    assert mio.format_eta(seconds) == text
+    assert progress.format_eta(seconds) == text
 
 
 @pytest.mark.parametrize(
@@ -229,7 +230,7 @@ def test_format_eta(seconds, text):
     ],
 )
 def test_format_rate(rate, text):
-    assert mio.format_rate(rate) == text
+    assert progress.format_rate(rate) == text
 
 
 class FakeClock:
@@ -242,7 +243,9 @@ class FakeClock:
 
 def test_tty_progress_redraws_one_line_with_an_eta_from_the_measured_rate():
     out, clock = io.StringIO(), FakeClock()
-    p = mio.ProgressDisplay(100, stage_name="joint", stream=out, is_tty=True, width=10, clock=clock)
+    p = progress.ProgressDisplay(
+        100, stage_name="joint", stream=out, is_tty=True, width=10, clock=clock
+    )
     p.update(10, 2.5, 1234.0)
     clock.t = 20.0
     p.update(20, 2.25, 1500.0)  # 10 steps in 20 s: 80 steps left take 160 s
@@ -256,7 +259,9 @@ def test_tty_progress_redraws_one_line_with_an_eta_from_the_measured_rate():
 
 def test_tty_progress_wipes_a_longer_previous_line():
     out = io.StringIO()
-    p = mio.ProgressDisplay(10, stage_name="s", stream=out, is_tty=True, width=2, clock=FakeClock())
+    p = progress.ProgressDisplay(
+        10, stage_name="s", stream=out, is_tty=True, width=2, clock=FakeClock()
+    )
     p.update(1, 1.0, 1e6)
     p.update(2)
     first, second = out.getvalue().split("\r")[1:]
@@ -265,7 +270,7 @@ def test_tty_progress_wipes_a_longer_previous_line():
 
 def test_non_tty_progress_logs_plain_lines_every_log_every_steps_and_the_last():
     out, clock = io.StringIO(), FakeClock()
-    p = mio.ProgressDisplay(
+    p = progress.ProgressDisplay(
         30,
         stage_name="pretrain",
         stream=out,
@@ -287,7 +292,7 @@ def test_non_tty_progress_logs_plain_lines_every_log_every_steps_and_the_last():
 
 def test_non_tty_progress_logs_when_enough_time_passed():
     out, clock = io.StringIO(), FakeClock()
-    p = mio.ProgressDisplay(
+    p = progress.ProgressDisplay(
         1000, stage_name="s", stream=out, is_tty=False, log_every=10**6, log_seconds=30, clock=clock
     )
     for step in range(1, 101):
@@ -298,4 +303,4 @@ def test_non_tty_progress_logs_when_enough_time_passed():
 
 
 def test_tty_is_detected_from_the_stream():
-    assert mio.ProgressDisplay(1, stage_name="s", stream=io.StringIO()).is_tty is False
+    assert progress.ProgressDisplay(1, stage_name="s", stream=io.StringIO()).is_tty is False

@@ -7,20 +7,30 @@ is built on first use, once, under `PTJF_DATA_DIR` (default `~/.cache/ptjf`), in
 after a hash of everything it was built from; it is written to a temporary file and renamed,
 under a file lock, so concurrent processes never see a half-written model and build it once.
 
+On a pod the hosts do not share that cache, and SentencePiece training is not guaranteed to
+give every host the same bytes, so a multi-host run names one shared directory (`train.vocab_dir`,
+`set_shared_dir`, `$PTJF_VOCAB_DIR`; local or gs://): process 0 builds each model and
+publishes it there (create-if-absent, so there is never a second one), the other processes
+wait for it and copy it into their local cache, and `check_same_on_every_host` confirms before
+the first step that every process tokenizes with the same model.
+
 Ids follow SeqIO's conventions: pad 0, eos 1, unk 2, no bos, and `extra_ids` sentinel ids at
 the end of the vocabulary (`<extra_id_0>` is the last id) for span corruption.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -28,14 +38,15 @@ import numpy as np
 import sentencepiece as spm
 import seqio
 
-from ptjf import sampling
+from ptjf import sampling, storage
 from ptjf.data.tf_cpu import tensorflow_on_cpu
-from ptjf.errors import DataError
+from ptjf.errors import ConfigError, DataError
 
 CorpusFn = Callable[[], Iterable[str]]
 # Bumped whenever the way a model is built changes, so that older cached files are not reused.
 _BUILD_VERSION = 2
 FingerprintFn = Callable[[], str]
+log = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
@@ -186,11 +197,117 @@ def train_sentencepiece(spec: VocabularySpec, corpus: Iterable[str]) -> bytes:
     return model.getvalue()
 
 
-def ensure_model(spec: VocabularySpec, corpus_fn: CorpusFn, fingerprint: str = "") -> Path:
-    """The cached model file for `spec`, building it (once, atomically) when missing."""
-    path = spec.model_path(fingerprint)
-    if path.is_file():
-        return path
+# --- where models live: the local cache, and a directory shared by every host of a pod ------
+
+DEFAULT_WAIT_S = 3600.0
+"""How long a process that does not build a vocabulary waits for the builder to publish it:
+an hour, as SentencePiece on a large corpus (mC4's 2M sentences, 64k pieces) takes tens of
+minutes on one host."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sharing:
+    directory: str | None = None
+    wait_s: float | None = None
+    is_builder: Callable[[], bool] | None = None
+
+
+_sharing = _Sharing()
+_checked_dirs: set[tuple[str, bool]] = set()
+_WHAT = "the shared vocabulary directory (train.vocab_dir / PTJF_VOCAB_DIR)"
+_FIX = "Set --gin.train.vocab_dir or PTJF_VOCAB_DIR to a directory every host can reach."
+
+
+def set_shared_dir(
+    path: str | os.PathLike | None,
+    *,
+    wait_s: float | None = None,
+    is_builder: Callable[[], bool] | None = None,
+) -> str | None:
+    """Makes every process of a run use one copy of each vocabulary, kept under `path`
+    (a local directory every host sees, or `gs://BUCKET/...`); `None` clears the setting.
+
+    With it set, `ensure_model` takes the model from `<path>/<the cache file's name>`: one
+    process (the builder: `is_builder()`, by default `jax.process_index() == 0`) builds a
+    missing model and publishes it, and every other process waits for it (up to `wait_s`,
+    default `$PTJF_VOCAB_WAIT_S`, else `DEFAULT_WAIT_S`) and copies it into its local cache.
+    Unset (and `$PTJF_VOCAB_DIR` unset), each process builds into its local cache, as a
+    single-host run does. A mistyped URI (`gcs://…`) is refused here; whether the directory
+    can be read and written is checked before the first model is built or waited for.
+    Returns the directory as given, its scheme checked.
+    """
+    global _sharing
+    checked = None if path is None else storage.check_uri(path)
+    if wait_s is not None and not wait_s > 0:
+        raise ConfigError(f"set_shared_dir: wait_s={wait_s!r} must be > 0 (seconds).")
+    _sharing = _Sharing(checked, wait_s, is_builder)
+    return checked
+
+
+def shared_dir() -> str | None:
+    """The shared vocabulary directory: `set_shared_dir`'s, else `$PTJF_VOCAB_DIR`, else None."""
+    if _sharing.directory is not None:
+        return _sharing.directory
+    env = os.environ.get("PTJF_VOCAB_DIR")
+    if not env:
+        return None
+    try:
+        return storage.check_uri(env)
+    except ConfigError as e:
+        raise ConfigError(f"PTJF_VOCAB_DIR: {e}") from None
+
+
+def _wait_s() -> float:
+    if _sharing.wait_s is not None:
+        return _sharing.wait_s
+    env = os.environ.get("PTJF_VOCAB_WAIT_S")
+    if not env:
+        return DEFAULT_WAIT_S
+    try:
+        value = float(env)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"PTJF_VOCAB_WAIT_S={env!r}; expected a number of seconds > 0.")
+    return value
+
+
+def _is_builder() -> bool:
+    if _sharing.is_builder is not None:
+        return bool(_sharing.is_builder())
+    import jax
+
+    return jax.process_index() == 0
+
+
+def ensure_model(
+    spec: VocabularySpec,
+    corpus_fn: CorpusFn,
+    fingerprint: str = "",
+    *,
+    builder: bool | None = None,
+    wait_s: float | None = None,
+) -> Path:
+    """The cached model file for `spec`, building it (once, atomically) when missing.
+
+    With a shared directory (`set_shared_dir`, `$PTJF_VOCAB_DIR`), the file is a local copy
+    of the shared model, which only the builder process builds (see `set_shared_dir`);
+    `builder` and `wait_s` override that setting's for this call.
+    """
+    shared = shared_dir()
+    if shared is None:
+        return _ensure_local(spec, corpus_fn, fingerprint)
+    return _ensure_shared(
+        spec,
+        corpus_fn,
+        fingerprint,
+        shared,
+        _is_builder() if builder is None else builder,
+        _wait_s() if wait_s is None else wait_s,
+    )
+
+
+def _make_cache_dir(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -198,8 +315,23 @@ def ensure_model(spec: VocabularySpec, corpus_fn: CorpusFn, fingerprint: str = "
             f"Cannot create the vocabulary cache directory {str(path.parent)!r} ({e.strerror}); "
             "set PTJF_DATA_DIR to a writable directory."
         ) from None
+
+
+@contextlib.contextmanager
+def _cache_lock(path: Path) -> Iterator[None]:
+    """Held by one process of a host at a time, for building `path` (the local cache file)."""
     with open(path.parent / (path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _ensure_local(spec: VocabularySpec, corpus_fn: CorpusFn, fingerprint: str) -> Path:
+    """The model in this host's cache, built under a file lock by the first process to ask."""
+    path = spec.model_path(fingerprint)
+    if path.is_file():
+        return path
+    _make_cache_dir(path)
+    with _cache_lock(path):
         if path.is_file():  # another process built it while we waited
             return path
         data = train_sentencepiece(spec, corpus_fn())
@@ -214,6 +346,137 @@ def ensure_model(spec: VocabularySpec, corpus_fn: CorpusFn, fingerprint: str = "
             Path(tmp).unlink(missing_ok=True)
             raise
     return path
+
+
+def _ensure_shared(
+    spec: VocabularySpec,
+    corpus_fn: CorpusFn,
+    fingerprint: str,
+    shared: str,
+    builder: bool,
+    wait_s: float,
+) -> Path:
+    """The shared model, copied into this host's cache; built and published by the builder.
+
+    The builder publishes with `storage.create_exclusive`: of two builders racing, one
+    publishes and the other drops its own model for the published one, so a shared directory
+    never holds a second or half-written model, and every host ends with the same bytes.
+    """
+    local = spec.model_path(fingerprint)
+    remote = storage.join(shared, local.name)
+    data = _read_published(remote, spec)
+    if data is None and builder:
+        _check_shared_dir(shared, write=True)
+        _make_cache_dir(local)
+        with _cache_lock(local):  # one build per host, as without a shared directory
+            data = _read_published(remote, spec)
+            if data is None:
+                # A model this host built before (same spec and corpus) is published as is.
+                own = local.read_bytes() if local.is_file() else None
+                own = own or train_sentencepiece(spec, corpus_fn())
+                if storage.create_exclusive(remote, own):
+                    log.info("Published vocabulary %r at %s.", spec.name, remote)
+                    data = own
+                else:
+                    log.info("Another process published vocabulary %r first; using it.", spec.name)
+                    data = _read_published(remote, spec)
+                    if data is None:
+                        raise DataError(
+                            f"Vocabulary {spec.name!r}: publishing {remote} failed because an "
+                            "object is there, yet it cannot be read; check the directory's "
+                            "permissions and delete the object if it is not a model."
+                        )
+    if data is None:
+        _check_shared_dir(shared, write=False)
+        data = _wait_for_published(remote, spec, wait_s)
+    _install(local, data)
+    return local
+
+
+def _read_published(remote: str, spec: VocabularySpec) -> bytes | None:
+    """The shared model's bytes, checked to be a model of `spec`; None when it is not there."""
+    try:
+        data = storage.read_bytes(remote)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # every client's error, turned into one message
+        raise ConfigError(
+            f"Cannot read vocabulary {spec.name!r} from {_WHAT} at {remote}: "
+            f"{storage.describe_error(e, remote)} {_FIX}"
+        ) from None
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.LoadFromSerializedProto(data)
+    except Exception:
+        sp = None
+    if sp is None or sp.get_piece_size() != spec.vocab_size:
+        what = "not a SentencePiece model" if sp is None else f"{sp.get_piece_size()} pieces"
+        raise DataError(
+            f"The shared vocabulary file {remote} ({len(data)} bytes) is {what}; "
+            f"vocabulary {spec.name!r} needs a model of {spec.vocab_size} pieces. Delete the "
+            "file so that it is built again, or point train.vocab_dir / PTJF_VOCAB_DIR elsewhere."
+        )
+    return data
+
+
+def _check_shared_dir(shared: str, write: bool) -> None:
+    """A missing bucket, or a directory the builder cannot write, is a ConfigError now rather
+    than a failed publish after a long build, or an hour's wait."""
+    if (shared, write) in _checked_dirs:
+        return
+    if write:
+        storage.check_writable(shared, _WHAT, _FIX)
+    elif storage.is_remote(shared):
+        bucket = "gs://" + shared[len(storage.GCS) :].split("/", 1)[0]
+        if not storage.exists(bucket):
+            reason = storage.describe_error(FileNotFoundError(bucket), shared)
+            raise ConfigError(f"Cannot read {_WHAT} at {shared}: {reason} {_FIX}")
+    _checked_dirs.add((shared, write))
+
+
+def _wait_for_published(remote: str, spec: VocabularySpec, wait_s: float) -> bytes:
+    start = time.monotonic()
+    pause = 0.1
+    log.info("Waiting up to %.0f s for vocabulary %r at %s.", wait_s, spec.name, remote)
+    while True:
+        data = _read_published(remote, spec)
+        if data is not None:
+            return data
+        left = wait_s - (time.monotonic() - start)
+        if left <= 0:
+            break
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 5.0)
+    name = storage.basename(remote)
+    prefix = f"{spec.name}-{spec.vocab_size}-"
+    others = [
+        n
+        for n in storage.listdir(storage.dirname(remote))
+        if n.startswith(prefix) and n.endswith(".model")
+    ]
+    found = (
+        f" The directory holds {', '.join(others)}: a model of the same vocabulary built from "
+        "another spec or corpus, so the builder's task configuration differs from this "
+        "process's."
+        if others
+        else ""
+    )
+    raise DataError(
+        f"Vocabulary {spec.name!r}: waited {wait_s:.0f} s for the builder (process 0) to "
+        f"publish {remote}, and it is not there.{found} Check process 0's log (did it fail or "
+        "stop?), that every process has the same train.vocab_dir / PTJF_VOCAB_DIR and task "
+        f"configuration (the file name {name} is a hash of the vocabulary's spec and corpus), "
+        "and that process 0 can write there; a long build needs a longer wait: "
+        "PTJF_VOCAB_WAIT_S or vocabularies.set_shared_dir(..., wait_s=...)."
+    )
+
+
+def _install(local: Path, data: bytes) -> None:
+    """`data` as the local cache file (rewritten atomically only when it differs)."""
+    if local.is_file() and local.read_bytes() == data:
+        return
+    _make_cache_dir(local)
+    storage.write_bytes(local, data)
 
 
 class CachedSentencePieceVocabulary(seqio.SentencePieceVocabulary):

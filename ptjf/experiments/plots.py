@@ -16,6 +16,7 @@ loss on log-log axes for each method's best run (Fig. 3, 20-25); transfer learni
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from ptjf import storage
 from ptjf.experiments.pareto import front_curve
 from ptjf.experiments.results import (
     SPLITS,
@@ -105,8 +107,14 @@ def new_figure(nrows: int, ncols: int) -> tuple[Figure, list[list]]:
 
 
 def save_figure(fig: Figure, path: str) -> str:
-    """Writes the figure at the report's resolution; returns `path`."""
-    fig.savefig(path, dpi=_DPI)
+    """Writes the figure at the report's resolution, to a local file or `gs://` (drawn in
+    memory, then uploaded whole); returns `path`."""
+    if storage.is_remote(path):
+        data = io.BytesIO()
+        fig.savefig(data, dpi=_DPI, format=os.path.splitext(path)[1].lstrip(".") or "png")
+        storage.write_bytes(path, data.getvalue())
+    else:
+        fig.savefig(path, dpi=_DPI)
     return path
 
 
@@ -383,7 +391,8 @@ def plot_curves(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
 def draw_figures(
     runs: Sequence[Run], roles: Roles, out_dir: str, *, point: str = "final"
 ) -> list[FigureFile]:
-    """Draws every figure the runs support into `out_dir`; the others come back as skipped."""
+    """Draws every figure the runs support into `out_dir` (local or `gs://`); the others come
+    back as skipped."""
     jobs: list[tuple[str, str, Callable[[str], str]]] = [
         (
             "fronts.png",
@@ -421,14 +430,13 @@ def draw_figures(
         ),
         ("curves.png", "Loss curves", lambda p: plot_curves(runs, roles, p)),
     ]
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
     out = []
     for file, title, draw in jobs:
-        path = os.path.join(out_dir, file)
+        path = storage.join(out_dir, file)
         try:
             out.append(FigureFile(file, title, path=draw(path)))
         except NoData as why:
-            if os.path.exists(path):
-                os.remove(path)  # a stale figure from an earlier report would mislead
+            storage.remove(path)  # a stale figure from an earlier report would mislead
             out.append(FigureFile(file, title, skipped=str(why)))
     return out

@@ -1,6 +1,7 @@
 """`ptjf report DIR...`: one table of every eval, each method's Pareto front, the figures.
 
-Writes into OUT (default `<first DIR>/report`):
+Reads runs from local directories or `gs://` and writes into OUT (default `<first DIR>/report`),
+local or `gs://` too:
 
 * `results.csv`: every eval of every run in long format (one row per run, eval, split, task).
 * `points.csv`: one row per run — final and best validation and training losses per task,
@@ -24,6 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ptjf import storage
 from ptjf.errors import DataError
 from ptjf.experiments import plots
 from ptjf.experiments.plots_bleu import bleu_at, has_bleu, run_bleu
@@ -468,7 +470,7 @@ def write_report(
     dirs = [os.fspath(d) for d in ([dirs] if isinstance(dirs, (str, os.PathLike)) else dirs)]
     if not dirs:
         raise DataError("No directories given: pass sweep directories or MODEL_DIRs.")
-    out = os.fspath(out) if out is not None else os.path.join(dirs[0], "report")
+    out = storage.check_uri(os.fspath(out) if out is not None else storage.join(dirs[0], "report"))
     runs = load_runs(dirs)
     usable = [r for r in runs if r.records]
     if not usable:
@@ -477,14 +479,13 @@ def write_report(
             "(metrics.jsonl is empty or unreadable); rerun the report after their first eval."
         )
     roles = task_roles(usable)
-    os.makedirs(out, exist_ok=True)
-    write_csv(results_table(usable), os.path.join(out, "results.csv"), TABLE_COLUMNS)
-    write_csv(points_table(usable, roles, point), os.path.join(out, "points.csv"))
+    storage.makedirs(out)
+    write_csv(results_table(usable), storage.join(out, "results.csv"), TABLE_COLUMNS)
+    write_csv(points_table(usable, roles, point), storage.join(out, "points.csv"))
     drawn = plots.draw_figures(usable, roles, out, point=point) if figures else None
     text = render_markdown(runs, roles, dirs=dirs, point=point, figures=drawn)
-    report_path = os.path.join(out, "report.md")
-    with open(report_path, "w", encoding="utf-8") as f:
-        f.write(text)
+    report_path = storage.join(out, "report.md")
+    storage.write_text(report_path, text)
     return _summary(runs, usable, roles, point, report_path, drawn)
 
 

@@ -10,6 +10,11 @@ it repeats, so the last record of each (stage, stage_step) wins; the stage switc
 records the same global step (a stage's last eval and the next stage's step 0), so records are
 ordered by (global_step, stage_index). A broken line — the last line of a killed run, cut
 mid-write — is skipped, and counted so the report can say so.
+
+Directories may be local or `gs://` (through `ptjf.storage`); a run on an object store keeps its
+log as parts (`metrics.jsonl.parts/`, see `ptjf.training.metrics_io`), read the same way.
+`os.path`'s normpath, commonpath and realpath would mangle a URI (`gs://` → `gs:/`), so paths are
+compared and shortened here by `normalize_dir`, `common_dir` and `relative_to`.
 """
 
 from __future__ import annotations
@@ -17,15 +22,22 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ptjf import storage
 from ptjf.errors import DataError
 from ptjf.experiments.pareto import pareto_front
-from ptjf.training.metrics_io import METRICS_FILE, read_metrics_and_broken_lines
+from ptjf.training.metrics_io import (
+    METRICS_FILE,
+    PARTS_SUFFIX,
+    has_metrics,
+    read_metrics_and_broken_lines,
+)
 
 POINT_FILE = "point.json"
 DONE_FILE = "DONE"
@@ -74,7 +86,7 @@ class Run:
 
     @property
     def method(self) -> str:
-        return str(self.info.get("method") or os.path.basename(self.dir))
+        return str(self.info.get("method") or storage.basename(self.dir))
 
     @property
     def kind(self) -> str:
@@ -100,7 +112,7 @@ class Run:
 
     @property
     def path(self) -> str:
-        return os.path.join(self.dir, METRICS_FILE)
+        return storage.join(self.dir, METRICS_FILE)
 
     def task_rate(self, task: str) -> float | None:
         """The task's sampling rate in the joint stage, when point.json gives one."""
@@ -148,9 +160,8 @@ def clean_records(records: Iterable[Mapping[str, Any]]) -> list[dict]:
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(storage.read_text(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(
             f"Cannot read {path}: {e}. point.json is written by `ptjf sweep`; fix or delete it "
             "(the run is then described from its metrics alone)."
@@ -177,33 +188,42 @@ def _inferred_info(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def load_run(directory: str) -> Run:
     """The run in `directory` (which holds metrics.jsonl, and point.json in a sweep)."""
-    directory = os.path.normpath(os.fspath(directory))
-    path = os.path.join(directory, METRICS_FILE)
-    if not os.path.isfile(path):
+    directory = normalize_dir(directory)
+    path = storage.join(directory, METRICS_FILE)
+    if not has_metrics(path):
         raise DataError(f"No {METRICS_FILE} in {directory}: it is not a run directory.")
     raw, broken = read_records(path)
     records = clean_records(raw)
-    point_file = os.path.join(directory, POINT_FILE)
-    has_point = os.path.isfile(point_file)
+    point_file = storage.join(directory, POINT_FILE)
+    has_point = storage.isfile(point_file)
     info = _read_json(point_file) if has_point else {}
     inferred = _inferred_info(records)
     for key in ("tasks", "high_tasks", "low_tasks"):
         if not info.get(key):
             info[key] = inferred[key]
-    done = os.path.exists(os.path.join(directory, DONE_FILE)) if has_point else None
-    name = str(info.get("name") or os.path.basename(directory))
+    done = storage.exists(storage.join(directory, DONE_FILE)) if has_point else None
+    name = str(info.get("name") or storage.basename(directory))
     return Run(directory, name, info, tuple(records), tuple(broken), done)
 
 
+_PARTS_DIR = METRICS_FILE + PARTS_SUFFIX
+
+
 def find_run_dirs(directory: str) -> list[str]:
-    """Every directory under `directory` (itself included) holding a metrics.jsonl, sorted.
+    """Every directory under `directory` (itself included) holding a metrics log, sorted: a
+    metrics.jsonl, or its parts (metrics.jsonl.parts/, a run on an object store).
 
     A run directory is not searched further (its stage folders hold checkpoints, not runs);
     report outputs and TensorBoard folders are skipped.
     """
+    directory = storage.check_uri(os.fspath(directory))
+    if storage.is_remote(directory):
+        root = normalize_dir(directory)
+        found = run_dirs_in(storage.walk_files(root))
+        return sorted(storage.join(root, d) if d else root for d in found)
     found = []
     for root, dirs, files in os.walk(directory):
-        if METRICS_FILE in files:
+        if METRICS_FILE in files or _PARTS_DIR in dirs:
             found.append(os.path.normpath(root))
             dirs[:] = []
             continue
@@ -215,20 +235,103 @@ def find_run_dirs(directory: str) -> list[str]:
     return sorted(found)
 
 
+def run_dirs_in(files: Iterable[str]) -> list[str]:
+    """The run directories among a tree's files (paths relative to its root, '/'-separated),
+    by `find_run_dirs`' rules, as relative paths ("" for the root itself), sorted.
+
+    An object store lists a tree at once (no directories to walk), so the rules are applied to
+    the listing: a directory holding metrics.jsonl or metrics.jsonl.parts/ is a run; nothing
+    below a run, below a report or TensorBoard folder, or below a folder holding report.md is.
+    """
+    files = set(files)
+    candidates: set[tuple[str, ...]] = set()
+    for f in files:
+        parts = tuple(f.split("/"))
+        if parts[-1] == METRICS_FILE:
+            candidates.add(parts[:-1])
+        elif len(parts) >= 2 and parts[-2] == _PARTS_DIR:
+            candidates.add(parts[:-2])
+
+    def reached(d: tuple[str, ...]) -> bool:
+        for i, name in enumerate(d):
+            if d[:i] in candidates or name in _SKIPPED_DIRS:
+                return False
+            if "/".join((*d[: i + 1], "report.md")) in files:
+                return False
+        return True
+
+    return sorted("/".join(d) for d in candidates if reached(d))
+
+
+# --- paths that may be URIs -------------------------------------------------------------------
+
+
+def normalize_dir(path: str | os.PathLike) -> str:
+    """One spelling of a directory: `os.path.normpath` for a local path; for a `gs://` URI the
+    same without collapsing the scheme's `//` (no trailing, doubled or `.` parts; `..` resolved
+    within the bucket)."""
+    p = storage.check_uri(os.fspath(path))
+    if not storage.is_remote(p):
+        return os.path.normpath(p)
+    bucket, *rest = p[len(storage.GCS) :].split("/")
+    parts: list[str] = []
+    for c in rest:
+        if c in ("", "."):
+            continue
+        if c == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(c)
+    return storage.GCS + "/".join([bucket, *parts])
+
+
+def _place(path: str) -> str:
+    """What makes two spellings of a directory the same one (symlinks resolved when local)."""
+    return normalize_dir(path) if storage.is_remote(path) else os.path.realpath(path)
+
+
+def common_dir(paths: Sequence[str]) -> str | None:
+    """The deepest directory holding every one of `paths` (local ones made absolute); None when
+    they share none (local paths and `gs://` URIs, or two buckets)."""
+    remote = [storage.is_remote(p) for p in paths]
+    if not any(remote):
+        return os.path.commonpath([os.path.abspath(p) for p in paths])
+    if not all(remote):
+        return None
+    split = [normalize_dir(p)[len(storage.GCS) :].split("/") for p in paths]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return storage.GCS + "/".join(common) if common else None
+
+
+def relative_to(path: str, base: str | None) -> str:
+    """`path` relative to `base` (a `common_dir` of it); the path itself when `base` is None."""
+    if base is None:
+        return normalize_dir(path)
+    if not storage.is_remote(path):
+        return os.path.relpath(os.path.abspath(path), base)
+    rest = normalize_dir(path)[len(base) :].strip("/")
+    return rest or "."
+
+
 def load_runs(dirs: Sequence[str | os.PathLike]) -> list[Run]:
     """All runs under `dirs` (sweep directories or MODEL_DIRs), each once, in path order."""
     if isinstance(dirs, (str, os.PathLike)):
         dirs = [dirs]
     paths: list[str] = []
     for d in dirs:
-        d = os.fspath(d)
-        if not os.path.isdir(d):
+        d = storage.check_uri(os.fspath(d))
+        if not storage.isdir(d):
             raise DataError(
                 f"{d} is not a directory. Pass sweep directories (from `ptjf sweep`) or run "
                 f"directories (MODEL_DIRs holding {METRICS_FILE})."
             )
         for p in find_run_dirs(d):
-            if os.path.realpath(p) not in {os.path.realpath(q) for q in paths}:
+            if _place(p) not in {_place(q) for q in paths}:
                 paths.append(p)
     if not paths:
         raise DataError(
@@ -245,11 +348,9 @@ def _unique_names(runs: list[Run]) -> list[Run]:
     counts = collections.Counter(r.name for r in runs)
     if all(c == 1 for c in counts.values()):
         return runs
-    base = os.path.commonpath([os.path.abspath(r.dir) for r in runs])
+    base = common_dir([r.dir for r in runs])
     return [
-        dataclasses.replace(r, name=os.path.relpath(os.path.abspath(r.dir), base))
-        if counts[r.name] > 1
-        else r
+        dataclasses.replace(r, name=relative_to(r.dir, base)) if counts[r.name] > 1 else r
         for r in runs
     ]
 
@@ -424,16 +525,17 @@ def results_table(runs: Sequence[Run]) -> list[dict]:
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str, columns: Sequence[str] = ()) -> str:
-    """Writes `rows` as CSV (None → empty cell); columns default to the keys in first-seen order."""
+    """Writes `rows` as CSV (None → empty cell), locally or to `gs://`, whole; columns default to
+    the keys in first-seen order."""
     if not columns:
         seen: dict[str, None] = {}
         for row in rows:
             seen.update(dict.fromkeys(row))
         columns = list(seen) or list(TABLE_COLUMNS)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    storage.write_text(path, text.getvalue())
     return path

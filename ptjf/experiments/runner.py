@@ -8,6 +8,12 @@ resumes by itself). A node that fails writes `FAILED` with its exit status and t
 log; the nodes that fork from it are reported as blocked, and every other node still runs.
 `--emit` prints the commands in dependency order instead, for a TPU pod or GPU cluster's own
 scheduler.
+
+A sweep directory may be on `gs://` (every point's MODEL_DIR is then in the bucket): markers,
+point files and `sweep.json` are written through `ptjf.storage`, each as one whole object.
+A node's log is a file its commands append to; an object store has no append, so there the
+commands write a local temporary log (started from the one in the bucket, so a rerun appends),
+which is uploaded whole after each command and when the node stops.
 """
 
 from __future__ import annotations
@@ -16,24 +22,27 @@ import concurrent.futures as cf
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
-from etils import epath
-
+from ptjf import storage
 from ptjf.errors import ConfigError
 from ptjf.experiments import sweep as sw
 
 LOG_FILE = "sweep.log"
 FAILED_FILE = "FAILED"
-# Runs one command; returns its exit status. Replaced in tests to fail a chosen point.
+# Runs one command; returns its exit status. Replaced in tests to fail a chosen point. Its
+# third argument is the node's log, always a local file (see `NodeLog`).
 Launcher = Callable[[Sequence[str], str, str], int]
 
 
 def local_launcher(argv: Sequence[str], cwd: str, log_path: str) -> int:
-    """`ptjf ...` as `python -m ptjf.cli ...` in a child process, output appended to the log."""
+    """`ptjf ...` as `python -m ptjf.cli ...` in a child process, output appended to the log
+    (a local file: a child's output needs one)."""
     command = [sys.executable, "-m", "ptjf.cli", *argv[1:]]
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
@@ -42,7 +51,7 @@ def local_launcher(argv: Sequence[str], cwd: str, log_path: str) -> int:
 
 
 def is_done(node: sw.Node) -> bool:
-    return (epath.Path(node.directory) / sw.DONE_FILE).exists()
+    return storage.exists(storage.join(node.directory, sw.DONE_FILE))
 
 
 def _has_checkpoint(path: str | None) -> bool:
@@ -50,39 +59,90 @@ def _has_checkpoint(path: str | None) -> bool:
         return False
     from ptjf.checkpoints import finalized_steps
 
-    return os.path.isdir(path) and bool(finalized_steps(path))
+    return bool(finalized_steps(path))  # [] where nothing is, local or gs://
 
 
 def write_point_file(node: sw.Node) -> None:
-    directory = epath.Path(node.directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / sw.POINT_FILE).write_text(json.dumps(node.info, indent=1, sort_keys=True))
+    storage.makedirs(node.directory)
+    storage.write_text(
+        storage.join(node.directory, sw.POINT_FILE),
+        json.dumps(node.info, indent=1, sort_keys=True),
+    )
+
+
+class NodeLog:
+    """A node's log (`<node>/sweep.log`) and the local file its commands append to.
+
+    Local disk: the log itself. `gs://`: a temporary local file, started with the log already
+    in the bucket (a rerun appends to it); `upload` writes it to the bucket whole (one object,
+    replaced), and `close` uploads once more and deletes the temporary file.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.local = path
+        self._tmpdir: str | None = None
+        self._uploaded = -1
+        if storage.is_remote(path):
+            self._tmpdir = tempfile.mkdtemp(prefix="ptjf-sweep-log-")
+            self.local = os.path.join(self._tmpdir, LOG_FILE)
+            earlier = storage.read_bytes(path) if storage.exists(path) else b""
+            with open(self.local, "wb") as f:
+                f.write(earlier)
+            self._uploaded = len(earlier)
+
+    def upload(self) -> None:
+        """Copies the local log to the bucket if it grew since the last upload (gs:// only)."""
+        if self._tmpdir is None or not os.path.exists(self.local):
+            return
+        with open(self.local, "rb") as f:
+            data = f.read()
+        if len(data) != self._uploaded:
+            storage.write_bytes(self.path, data)
+            self._uploaded = len(data)
+
+    def close(self) -> None:
+        try:
+            self.upload()
+        finally:
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+    def __enter__(self) -> NodeLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def run_node(node: sw.Node, launcher: Launcher, cwd: str) -> tuple[bool, str]:
     """Runs a node's commands in order; returns (success, a one-line outcome)."""
     write_point_file(node)
-    failed = os.path.join(node.directory, FAILED_FILE)
-    if os.path.exists(failed):
-        os.remove(failed)  # a rerun retries a failed node
-    log_path = os.path.join(node.directory, LOG_FILE)
+    failed = storage.join(node.directory, FAILED_FILE)
+    storage.remove(failed)  # a rerun retries a failed node
     start = time.time()
-    for argv, skip_path in zip(node.commands, node.skip_if_exists, strict=True):
-        if _has_checkpoint(skip_path):
-            continue  # the fork's switch ran before this node was interrupted
-        status = launcher(argv, cwd, log_path)
-        if status != 0:
-            tail = _tail(log_path)
-            with open(failed, "w", encoding="utf-8") as f:
-                f.write(f"exit status {status} from: {shlex.join(argv)}\n{tail}\n")
-            return False, f"exit status {status} (log: {log_path}) {_last_line(tail)}"
+    with NodeLog(storage.join(node.directory, LOG_FILE)) as log:
+        for argv, skip_path in zip(node.commands, node.skip_if_exists, strict=True):
+            if _has_checkpoint(skip_path):
+                continue  # the fork's switch ran before this node was interrupted
+            status = launcher(argv, cwd, log.local)
+            log.upload()
+            if status != 0:
+                tail = _tail(log.local)
+                storage.write_text(
+                    failed, f"exit status {status} from: {shlex.join(argv)}\n{tail}\n"
+                )
+                return False, f"exit status {status} (log: {log.path}) {_last_line(tail)}"
     seconds = time.time() - start
-    with open(os.path.join(node.directory, sw.DONE_FILE), "w", encoding="utf-8") as f:
-        json.dump({"seconds": round(seconds, 1), "finished": time.time()}, f)
+    storage.write_text(
+        storage.join(node.directory, sw.DONE_FILE),
+        json.dumps({"seconds": round(seconds, 1), "finished": time.time()}),
+    )
     return True, f"{seconds:.0f}s"
 
 
 def _tail(path: str, lines: int = 20) -> str:
+    """The last lines of a local log file."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return "".join(f.readlines()[-lines:])
@@ -227,19 +287,19 @@ def run_sweep_command(
         raise ConfigError(
             "No sweep directory: pass --sweep_dir=DIR (or bind Sweep.sweep_dir in the experiment)."
         )
-    if "://" not in directory:
-        directory = os.path.abspath(directory)
+    directory = storage.absolute(directory)  # a local path made absolute; gs:// as it is
     # The command line's bindings (other than the grid's own) reach every point too.
     forwarded = [b for b in gin_bindings if not b.strip().startswith("Sweep.")]
     sweep_with = sw.dataclasses.replace(sweep, bindings=(*sweep.bindings, *forwarded))
     nodes = sw.expand(sweep_with, directory, gin_files)
-    root = epath.Path(directory)
     if dry_run:
         describe(nodes, out)
         return 0
-    root.mkdir(parents=True, exist_ok=True)
-    (root / sw.SWEEP_FILE).write_text(
-        json.dumps(sw.sweep_record(sweep_with, gin_files, nodes), indent=1)
+    # A missing bucket or a read-only path stops here, in one message naming it.
+    storage.check_writable(directory, "the sweep directory", "Pass another --sweep_dir=DIR.")
+    storage.write_text(
+        storage.join(directory, sw.SWEEP_FILE),
+        json.dumps(sw.sweep_record(sweep_with, gin_files, nodes), indent=1),
     )
     if emit:
         for node in nodes:
@@ -255,5 +315,5 @@ def run_sweep_command(
     )
     for name, s in status.items():
         if s != "done":
-            print(f"  {s}: {name} (see {os.path.join(directory, '*', name, LOG_FILE)})", file=out)
+            print(f"  {s}: {name} (see {storage.join(directory, '*', name, LOG_FILE)})", file=out)
     return 0 if counts["done"] == len(status) else 1

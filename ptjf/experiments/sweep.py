@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gin
 
+from ptjf import storage
 from ptjf.errors import ConfigError, UnknownNameError
 
 METHODS = ("ptjf", "scalarization", "restart", "temperature", "unimax", "transfer")
@@ -248,7 +248,7 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
         }
 
     def point_dir(name: str) -> str:
-        return os.path.join(sweep_dir, "points", name)
+        return storage.join(sweep_dir, "points", name)
 
     def fork(
         method: str, name: str, parent: Node, stage: str, n1: int, point: tuple, **kw: Any
@@ -295,7 +295,7 @@ def expand(sweep: Sweep, sweep_dir: str, gin_files: Sequence[str]) -> list[Node]
             forked = [m for m in ("ptjf", "transfer") if m in sweep.methods]
             for n1 in sweep.pretrain_steps if forked else ():
                 name = f"pretrain-n{n1}-{suffix}"
-                directory = os.path.join(sweep_dir, "shared", name)
+                directory = storage.join(sweep_dir, "shared", name)
                 info = base_info("pretrain", lr, seed) | {
                     "kind": "shared",
                     "name": name,
@@ -405,8 +405,8 @@ def _fork(
     extra: Sequence[str],
 ) -> Node:
     """A point that starts from `parent`'s checkpoint at `step` through the stage switch."""
-    target = os.path.join(directory, FORK_STAGE[method])
-    source = os.path.join(parent.directory, parent_stage, str(step))
+    target = storage.join(directory, FORK_STAGE[method])
+    source = storage.join(parent.directory, parent_stage, str(step))
     train = _train_argv(RUN_FILES[method], gin_files, bindings, extra)
     switch = (
         "ptjf",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,8 +25,9 @@ import jax
 import optax
 
 from ptjf import checkpoints as ckpt
-from ptjf import distributed
+from ptjf import distributed, storage
 from ptjf import stages as stg
+from ptjf.checkpoint_link import COMMIT_SUCCESS_FILE
 from ptjf.errors import CorruptCheckpointError
 from ptjf.models import EncoderDecoder, TransformerConfig, init_params, param_logical_axes
 from ptjf.partitioning import Partitioner
@@ -106,16 +106,55 @@ def switched_state(
 
 def quarantine(stage_dir: str, step: int) -> str:
     """Moves a corrupted checkpoint aside (kept for inspection, never deleted), so the run
-    can write that step again; returns where it went."""
-    target = os.path.join(stage_dir, "corrupted", f"{step}-{int(time.time())}")
+    can write that step again; returns where it went (`<stage_dir>/corrupted/<step>-<time>`).
+
+    Local disk: one rename, atomic. GCS has no rename: the move copies every object and then
+    deletes them, in no order a reader could rely on, and orbax takes a step directory on GCS
+    as finalised exactly when it holds `commit_success.txt`. So that marker is deleted first
+    (one object, atomic): from then on orbax neither lists nor restores the step, whatever
+    point the move stops at, and a crash midway cannot leave a finalised step with half its
+    files (which the run would restore again, or take as already saved and never rewrite).
+    The copy (made by GCS itself, server-side) gets the marker back last, as the whole
+    checkpoint it was. `corrupted/` itself gets a marker too: a writable orbax manager on GCS
+    deletes every directory of the stage without one as an unfinished save, which would delete
+    the quarantined checkpoints.
+    """
+    target = storage.join(stage_dir, "corrupted", f"{step}-{int(time.time())}")
     if distributed.is_primary():
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(os.path.join(stage_dir, str(step)), target)
+        source = storage.join(stage_dir, str(step))
+        if storage.is_remote(stage_dir):
+            _quarantine_on_gcs(source, target)
+        else:
+            storage.move(source, target)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"ptjf quarantine {stage_dir} {step}")
     return target
+
+
+def _quarantine_on_gcs(source: str, target: str) -> None:
+    """`storage.move(source, target)` for a step directory on GCS, commit marker first."""
+    keep = storage.join(storage.dirname(target), COMMIT_SUCCESS_FILE)
+    if not storage.exists(keep):
+        storage.write_text(keep, _KEEP_CORRUPTED)
+    marker = storage.join(source, COMMIT_SUCCESS_FILE)
+    committed = storage.read_bytes(marker) if storage.exists(marker) else None
+    storage.remove(marker)
+    # storage.move's copy then delete, with GCS copying the objects itself (server-side): a
+    # checkpoint with its optimizer state never passes through this host.
+    files = list(storage.walk_files(source))
+    storage.copy_files([(storage.join(source, f), storage.join(target, f)) for f in files])
+    if committed is not None:
+        storage.write_bytes(storage.join(target, COMMIT_SUCCESS_FILE), committed)
+    storage.rmtree(source)
+
+
+_KEEP_CORRUPTED = (
+    "Not a checkpoint: ptjf keeps corrupted checkpoints here for inspection. This file stops "
+    "orbax from deleting the directory as an unfinished save (on GCS, it deletes every "
+    "directory of a stage that has no commit_success.txt).\n"
+)
 
 
 def restore_newest_good(
@@ -143,7 +182,7 @@ def restore_newest_good(
             log.error("%s Moved it to %s; trying the checkpoint before it.", e, where)
     raise CorruptCheckpointError(
         f"No checkpoint in {stage_dir} reads back as saved (steps {steps} were corrupted and "
-        f"moved to {os.path.join(stage_dir, 'corrupted')}). To restart the stage from its "
+        f"moved to {storage.join(stage_dir, 'corrupted')}). To restart the stage from its "
         "parent, move the stage directory aside and rerun the same command."
     )
 
@@ -162,8 +201,8 @@ def build_state(
     stage = plan.stages[index]
     shardings = state_shardings(partitioner, config, tx)
     target = sharded_state_target(partitioner, config, tx, shardings)
-    here = os.path.join(model_dir, stage.name)
-    own = ckpt.finalized_steps(here) if os.path.isdir(here) else []
+    here = storage.join(model_dir, stage.name)
+    own = ckpt.finalized_steps(here)  # [] where nothing is, local or gs://
     if own:  # resume this stage (or start it from a `ptjf switch` checkpoint at step 0)
         fresh = functools.partial(
             switched_state, tx=tx, shardings=shardings, partitioner=partitioner
@@ -179,7 +218,7 @@ def build_state(
         )
         return state, {}, None
     prev = plan.stages[index - 1]
-    prev_dir = os.path.join(model_dir, prev.name)
+    prev_dir = storage.join(model_dir, prev.name)
     with ckpt.StageCheckpointer(prev_dir, checkpoint, read_only=True) as c:
         if stage.carries_optimizer:
             full, meta = c.restore(prev.steps, target_state=target)

@@ -22,7 +22,6 @@ import dataclasses
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,9 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptjf import checkpoints as ckpt
-from ptjf import distributed, faults
+from ptjf import distributed, faults, storage
 from ptjf import stages as stg
 from ptjf.data import batches as data
+from ptjf.data import vocabularies, vocabulary_checksums
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
@@ -43,8 +43,9 @@ from ptjf.partitioning import Partitioner
 from ptjf.training import startup, steps
 from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
-from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter, ProgressDisplay
+from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
 from ptjf.training.preemption import Preempted, PreemptionWatch
+from ptjf.training.progress import ProgressDisplay
 from ptjf.training.stage_state import build_state, sharded_state_target, state_shardings
 from ptjf.training.train_state import TrainState
 
@@ -228,6 +229,7 @@ def train(
     bleu_alpha: float = 0.6,
     partitioner: Partitioner | None = None,
     input_shards: int | None = None,
+    vocab_dir: str | None = None,
 ) -> RunSummary:
     """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
@@ -245,6 +247,9 @@ def train(
     input_shards: None = each host reads its own 1/N of every task (N hosts feeding distinct
         rows); an integer fixes the stream's shards, so the batches do not depend on the number
         of hosts (`data.host_train_batches`).
+    vocab_dir: where the one SentencePiece model every host uses is built once and published
+        (local or gs://); None = `MODEL_DIR/vocabularies` with several processes, the local
+        cache (`PTJF_DATA_DIR`, or `$PTJF_VOCAB_DIR`) with one.
     """
     for name, value in (
         ("eval_period", eval_period),
@@ -265,10 +270,22 @@ def train(
     bleu_languages = bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
     partitioner = partitioner or Partitioner()
     check_plan(plan, stop, lengths, batch_size, num_microbatches, partitioner, input_shards)
+    # Before anything is built or written: a mistyped URI, a missing bucket or a read-only
+    # path stops here, naming the path, not after the first checkpoint.
+    model_dir = storage.check_writable(
+        model_dir,
+        "MODEL_DIR",
+        "Pass a writable directory or gs://BUCKET/path with --gin.MODEL_DIR=...",
+    )
+    if vocab_dir is None and jax.process_count() > 1:
+        vocab_dir = storage.join(model_dir, "vocabularies")
+    vocabularies.set_shared_dir(vocab_dir)
 
     # --- set-up: mesh, model, eval data, writers ----------------------------------------
     log.info("%s", partitioner.describe())
     config = model_config(plan)
+    # Every host must tokenize with process 0's model (a collective: all processes are here).
+    vocabulary_checksums.check_features_on_every_host({"vocabulary": plan_vocabulary(plan)})
     apply_fn = make_apply_fn(EncoderDecoder(config))
     timeline = startup.Timeline()
     timeline.mark("configured")
@@ -297,8 +314,7 @@ def train(
             model_dir, tensorboard=tensorboard
         )
         # The run's whole configuration beside its results, as T5X keeps config.gin.
-        with open(os.path.join(model_dir, "config.gin"), "w", encoding="utf-8") as f:
-            f.write(gin.config_str())
+        storage.write_text(storage.join(model_dir, "config.gin"), gin.config_str())
     else:
         writer = NullMetricsWriter()
     run = _Run(
@@ -336,8 +352,8 @@ def train(
     try:
         with PreemptionWatch() as run.preemption:
             for index, stage in enumerate(plan.stages[: stop + 1]):
-                stage_dir = os.path.join(model_dir, stage.name)
-                done = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+                stage_dir = storage.join(model_dir, stage.name)
+                done = ckpt.finalized_steps(stage_dir)
                 if index < resume_index or (done and done[-1] >= stage.steps):
                     if done:
                         with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
@@ -435,7 +451,7 @@ def _train_stage(run: _Run, index: int) -> None:
     """One stage: its optimizer and state (fresh, resumed or switched), data, loop, evals."""
     opt = run.options
     stage = run.plan.stages[index]
-    stage_dir = os.path.join(run.model_dir, stage.name)
+    stage_dir = storage.join(run.model_dir, stage.name)
     part = run.partitioner
     dataset = data.DatasetConfig(
         mixture_or_task_name=stage.mixture_or_task_name,
@@ -460,7 +476,7 @@ def _train_stage(run: _Run, index: int) -> None:
     # The first batch is read from the start: building its tf.data pipeline is the longest of
     # the three waits below. A resumed stage starts at its newest checkpoint; should that one be
     # corrupted, the state comes from an older one and the stream is reopened at that step.
-    own = ckpt.finalized_steps(stage_dir) if os.path.isdir(stage_dir) else []
+    own = ckpt.finalized_steps(stage_dir)
     expected_start = own[-1] if own else 0
 
     def open_and_read() -> tuple[Any, Any]:
