@@ -184,6 +184,7 @@ def test_a_gs_run_killed_mid_save_resumes_to_the_local_run_bit_for_bit(
     records = read_metrics(model_dir)
     assert comparable(records) == comparable(read_metrics(reference))
     assert "MODEL_DIR" in storage.read_text(f"{model_dir}/config.gin")
+    assert not [n for n in storage.listdir(model_dir) if "probe" in n]  # writability checks
     assert os.listdir(tmp_path) == []
 
 

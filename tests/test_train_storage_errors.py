@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptjf import storage, train
+from ptjf import train
 from ptjf.errors import ConfigError
 
 FILES = ["runs/ptjf.gin", "models/tiny.gin"]
@@ -54,21 +54,3 @@ def test_an_unwritable_local_model_dir_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"Cannot write MODEL_DIR at .*file/run"):
         run(str(blocker / "run"))
     assert blocker.read_text() == "keep"
-
-
-def test_a_bucket_model_dir_gets_config_gin_and_no_probe_left(gcs_bucket, bible_vocab):
-    model_dir = f"{gcs_bucket}/run"
-    train.run(
-        FILES,
-        [
-            f"MODEL_DIR = '{model_dir}'",
-            *BINDINGS,
-            "train.max_eval_examples = 4",
-            "train.train_eval_examples = 4",
-            "EVAL_PERIOD = 100",
-            "train.tensorboard = False",
-        ],
-    )
-    names = storage.listdir(model_dir)
-    assert "config.gin" in names and "pretrain" in names and "joint" in names
-    assert not [n for n in names if "probe" in n]
