@@ -338,7 +338,13 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
         "switch",
         help="stage switch: a checkpoint's parameters + a fresh optimizer state, at step 0",
     )
-    p.add_argument("--from", dest="source", required=True, help="DIR (latest step) or DIR/STEP")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="a ptjf stage DIR (latest step) or DIR/STEP, or a T5X checkpoint "
+        "(.../checkpoint_<step>, orbax or legacy layout); local or gs://",
+    )
     p.add_argument("--to", dest="target", required=True, help="the target stage directory")
     p.add_argument("--stage", help="target stage of the gin plan (default: its last stage)")
     p.add_argument(
@@ -398,6 +404,32 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_report)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ptjf import t5x_checkpoints, t5x_models
+
+    checkpoint = t5x_checkpoints.open_checkpoint(args.checkpoint)
+    print(t5x_models.model_gin_text(checkpoint), end="")
+    return 0
+
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="print the gin model file that matches a T5X checkpoint: ptjf inspect CHECKPOINT",
+        description="Reads a T5X checkpoint's parameter listing (no array data) and the run's "
+        "config.gin when there is one, and prints the gin model file (gin_configs/models/ "
+        "format) whose parameters are exactly the checkpoint's.",
+    )
+    p.add_argument("checkpoint", help="a T5X checkpoint directory, .../checkpoint_<step>")
+    p.set_defaults(fn=cmd_inspect)
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from ptjf import t5x_export
+
+    t5x_export.add_export_parser(sub)
+
+
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="PTJF vs scalarization on the embedded Bible data")
     p.add_argument(
@@ -414,6 +446,8 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _switch_parser,
     _sweep_parser,
     _report_parser,
+    _inspect_parser,
+    _export_parser,
     _demo_parser,
 ]
 

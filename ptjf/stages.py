@@ -41,7 +41,11 @@ class Stage:
         mixture's own rates (one point of the paper's grid), e.g. {"high": 0.9, "low": 0.1}.
     steps: the stage's number of training steps; its schedule counts these from 0.
     optimizer, schedule: the stage's own (a new stage gets a fresh optimizer state).
-    init_from: "previous" (the previous stage's final parameters) or "scratch".
+    init_from: "previous" (the previous stage's final parameters), "scratch", or a checkpoint
+        path, local or gs://: a T5X checkpoint (`.../checkpoint_<step>`, orbax or legacy
+        layout) or a ptjf one (`MODEL_DIR/<stage>[/<step>]`). A path gives the parameters
+        only, with a fresh optimizer state and schedule (the stage switch); its lineage is
+        recorded in the stage's checkpoints.
     reset_optimizer / reset_schedule: False carries the previous stage's optimizer state /
         schedule position over instead (a plan without resets is one long run cut in two).
     eval_tasks: tasks evaluated in this stage in addition to the plan's.
@@ -69,10 +73,26 @@ class Stage:
                 f"Stage {self.name!r} has steps={self.steps!r}: a stage needs at least 1 step. "
                 "Remove the stage from the plan instead of giving it 0 steps."
             )
-        if self.init_from not in ("previous", "scratch"):
+        if not isinstance(self.init_from, str) or not self.init_from:
             raise ConfigError(
-                f"Stage {self.name!r}: init_from={self.init_from!r}; use 'previous' or 'scratch'."
+                f"Stage {self.name!r}: init_from={self.init_from!r}; use 'previous', 'scratch' "
+                "or a checkpoint path."
             )
+        if self.init_from not in ("previous", "scratch"):
+            if "/" not in self.init_from:
+                raise ConfigError(
+                    f"Stage {self.name!r}: init_from={self.init_from!r}; use 'previous', "
+                    "'scratch' or a checkpoint path (gs://BUCKET/run/checkpoint_1000000, "
+                    "MODEL_DIR/<stage>)."
+                )
+            from ptjf import storage
+
+            storage.check_uri(self.init_from)
+            if not self.reset_optimizer:
+                raise ConfigError(
+                    f"Stage {self.name!r} starts from the checkpoint {self.init_from!r}, which "
+                    "gives parameters only: leave reset_optimizer=True and reset_schedule=True."
+                )
         if not self.reset_optimizer and self.reset_schedule:
             raise ConfigError(
                 f"Stage {self.name!r} keeps the optimizer state but resets the schedule: the "

@@ -32,7 +32,7 @@ from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
 from ptjf.partitioning import Partitioner
-from ptjf.training import metrics_io, stage_state
+from ptjf.training import init_from, metrics_io, stage_state
 from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
 from ptjf.training.trainer import plan_vocabulary
 
@@ -66,6 +66,16 @@ def switch(
         )
     index = names.index(name)
     source, target = storage.check_uri(source), storage.check_uri(target)
+    if init_from.is_t5x_checkpoint(source):
+        return _switch_from_t5x(
+            source,
+            target,
+            plan,
+            index,
+            checkpoint=checkpoint,
+            partitioner=partitioner,
+            config=config,
+        )
     src_dir, src_step = ckpt.parse_checkpoint_path(source)
     steps = ckpt.finalized_steps(src_dir)
     if not steps:
@@ -158,3 +168,46 @@ def copy_metrics(source_stage_dir: str, source_step: int, target_stage_dir: str)
 def _has_records(log_path: str) -> bool:
     """Whether a metrics log holds anything: a non-empty file, or any part."""
     return any(s != log_path or storage.size(s) > 0 for s in metrics_io.log_sources(log_path))
+
+
+def _switch_from_t5x(
+    source: str,
+    target: str,
+    plan: stg.Plan,
+    index: int,
+    *,
+    checkpoint: ckpt.CheckpointConfig | None,
+    partitioner: Partitioner | None,
+    config: TransformerConfig | None,
+) -> tuple[str, int]:
+    """`switch` from a T5X checkpoint: its parameters (read onto this mesh, never linked: the
+    layouts differ), a fresh optimizer state when the stage starts, lineage to the T5X step."""
+    if done := ckpt.finalized_steps(target):
+        raise CheckpointError(
+            f"{target!r} already holds checkpoints {done}; switch into an "
+            "empty stage directory so nothing is overwritten."
+        )
+    stg.make_tx(plan, index)
+    config = config or TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
+    partitioner = partitioner or Partitioner()
+    load, parent, source_meta = init_from.params_loader(source, partitioner, config, checkpoint)
+    metadata = ckpt.checkpoint_metadata(
+        stage_index=index,
+        stage_name=plan.stages[index].name,
+        global_step=plan.steps_before(index),
+        parent=parent,
+        data_position={"batches": 0},
+        examples_seen={},
+        tokens_seen={},
+        switched_by=f"ptjf switch ({source_meta['source_format']} checkpoint)",
+    )
+    checkpoint_link.save_switched(
+        target,
+        load,
+        metadata,
+        source_step_dir=source,
+        params_fingerprint=None,
+        checkpoint=checkpoint,
+        link=False,
+    )
+    return parent

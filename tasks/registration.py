@@ -20,9 +20,11 @@ from typing import Any
 
 import seqio
 
+from ptjf import storage
 from ptjf.data import preprocessors as prep
 from ptjf.data.sources import InMemorySource, LoadFn, read_jsonl, read_text, read_tsv
 from ptjf.data.splits import SPLITS, SplitSpec, split_of, subsample
+from ptjf.data.stored_vocabulary import StoredSentencePieceVocabulary
 from ptjf.data.tfds_source import (  # noqa: F401  (re-exported: ptjf.tasks' TFDS helpers)
     TFDS_DATA_DIR_MACRO,
     TfdsSource,
@@ -155,18 +157,30 @@ def _remove_existing(name: str, overwrite: bool) -> None:
         seqio.MixtureRegistry.remove(name)
 
 
-def _check_vocabulary_file(name: str, vocabulary: seqio.Vocabulary | None) -> None:
-    """A user-supplied SentencePiece model that is not there fails at registration, not deep
-    inside tf.data at the first batch (ptjf's own cached vocabularies build themselves)."""
-    if type(vocabulary) is not seqio.SentencePieceVocabulary:
-        return
-    path = vocabulary.sentencepiece_model_file
-    if "://" not in path and not os.path.exists(path):
+def _user_vocabulary(
+    name: str, vocabulary: seqio.Vocabulary | str | os.PathLike | None
+) -> seqio.Vocabulary | None:
+    """The task's vocabulary as given: a `seqio.Vocabulary`, or the path (local or gs://) of a
+    SentencePiece model such as a T5X checkpoint's own (100 sentinel ids, as in T5X).
+
+    A user-supplied model that is not there fails at registration, not deep inside tf.data at
+    the first batch (ptjf's own cached vocabularies build themselves).
+    """
+    if isinstance(vocabulary, (str, os.PathLike)):
+        vocabulary = StoredSentencePieceVocabulary(os.fspath(vocabulary))
+    if isinstance(vocabulary, StoredSentencePieceVocabulary):
+        path = vocabulary.source
+    elif type(vocabulary) is seqio.SentencePieceVocabulary:
+        path = vocabulary.sentencepiece_model_file
+    else:
+        return vocabulary
+    if not storage.exists(path):
         raise DataError(
             f"Task {name!r}: the vocabulary's SentencePiece model {path!r} does not exist. Pass "
-            "an existing .model file, or leave vocabulary=None to build one from the task's "
-            "training text."
+            "an existing .model file (local or gs://), or leave vocabulary=None to build one "
+            "from the task's training text."
         )
+    return vocabulary
 
 
 def _add_task(
@@ -181,7 +195,7 @@ def _add_task(
     task_preprocessors: list[Callable[..., Any]],
     token_preprocessors: Sequence[Callable[..., Any]] = (),
     problem: str | None,
-    vocabulary: seqio.Vocabulary | None,
+    vocabulary: seqio.Vocabulary | str | None,
     vocab_size: int,
     vocab_sentences: int | None = None,
     train_size: int | None,
@@ -195,7 +209,7 @@ def _add_task(
     """
     if (loader is None) == (source is None):
         raise ConfigError(f"Task {name!r}: give exactly one of loader= and source=.")
-    _check_vocabulary_file(name, vocabulary)
+    vocabulary = _user_vocabulary(name, vocabulary)
     with _LOCK:
         _remove_existing(name, overwrite)
         if vocabulary is None:
@@ -283,7 +297,7 @@ def register_translation_task(
     source_key: str = "source",
     target_key: str = "target",
     problem: str | None = None,
-    vocabulary: seqio.Vocabulary | None = None,
+    vocabulary: seqio.Vocabulary | str | None = None,
     vocab_size: int = 8000,
     train_size: int | None = None,
     split_spec: SplitSpec = SplitSpec(),
@@ -336,7 +350,7 @@ def register_lm_task(
     format: str = "text",
     text_key: str = "text",
     problem: str | None = None,
-    vocabulary: seqio.Vocabulary | None = None,
+    vocabulary: seqio.Vocabulary | str | None = None,
     vocab_size: int = 8000,
     train_size: int | None = None,
     split_spec: SplitSpec = SplitSpec(),

@@ -270,7 +270,9 @@ def test_every_checkpoint_corrupted_stops_with_what_to_do(tmp_path):
 
 
 def test_a_stage_with_an_unknown_init_from_is_refused():
-    with pytest.raises(ConfigError, match=r"init_from='pretrain'; use 'previous' or 'scratch'"):
+    with pytest.raises(
+        ConfigError, match=r"init_from='pretrain'; use 'previous', 'scratch' or a checkpoint path"
+    ):
         stg.Stage(name="joint", mixture_or_task_name=MIXTURE, steps=1, init_from="pretrain")
 
 

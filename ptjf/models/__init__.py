@@ -20,9 +20,11 @@ from ptjf.errors import ConfigError
 from ptjf.models.config import (
     KNOWN_ACTIVATIONS,
     PRESET_NAMES,
+    T5X_NUMERICS,
     TransformerConfig,
     count_params,
     preset,
+    with_t5x_numerics,
     with_vocab_size,
 )
 from ptjf.models.decoding import (
@@ -39,6 +41,7 @@ from ptjf.models.transformer import Decoder, Encoder, EncoderDecoder
 __all__ = [
     "KNOWN_ACTIVATIONS",
     "PRESET_NAMES",
+    "T5X_NUMERICS",
     "Decoder",
     "Encoder",
     "EncoderDecoder",
@@ -54,6 +57,7 @@ __all__ = [
     "param_logical_axes",
     "preset",
     "relative_position_bucket",
+    "with_t5x_numerics",
     "with_vocab_size",
 ]
 

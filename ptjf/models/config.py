@@ -63,7 +63,15 @@ class TransformerConfig:
     """Activation / compute dtype ('bfloat16' for bf16 compute); parameters are always float32
     and logits are always returned in float32."""
     float32_attention_logits: bool = True
-    """Compute q·k and the softmax in float32 even when `dtype` is bfloat16."""
+    """Compute q·k (and add its mask and bias) in float32 even when `dtype` is bfloat16."""
+    float32_attention_softmax: bool = True
+    """Take the attention softmax in float32 even when the logits are in `dtype` (ptjf). False
+    takes it in the logits' dtype, as T5X does: with `float32_attention_logits=False` and
+    bfloat16 compute, q·k, its biases and the softmax are then all bfloat16."""
+    norm_scale_in_float32: bool = True
+    """RMSNorm multiplies x / rms(x) by its scale in float32 and then casts to `dtype` (ptjf).
+    False casts x / rms(x) to `dtype` first and multiplies by the scale cast to `dtype` (T5X's
+    LayerNorm). The two differ only when `dtype` is not float32."""
     remat_policy: str = "none"
     """What each layer's backward pass recomputes instead of storing (see `REMAT_POLICIES`);
     the parameter tree is the same for every policy, so checkpoints move between them."""
@@ -160,6 +168,27 @@ def with_vocab_size(config: TransformerConfig, vocab_size: int) -> TransformerCo
     return dataclasses.replace(config, vocab_size=vocab_size)
 
 
+# The numerics of T5X's minimal T5 (`t5x.examples.t5.network`), under which ptjf's forward pass
+# reproduces T5X's on T5X's checkpoints: one relative position table per stack, attention
+# logits and softmax in the compute dtype (T5X's `float32_attention_logits` defaults to False;
+# a T5X run may set it True), RMSNorm's output cast to the compute dtype before its scale.
+# The rest is the same in both: tied logits in float32 divided by sqrt(emb_dim), untied logits
+# in float32, GELU's tanh approximation, relative position buckets (computed exactly), and the
+# token embedding lookup (a gather here, a one-hot matmul in T5X: the same values wherever that
+# matmul runs at full precision, as on CPU).
+T5X_NUMERICS: dict[str, Any] = {
+    "share_relpos_bias": True,
+    "float32_attention_logits": False,
+    "float32_attention_softmax": False,
+    "norm_scale_in_float32": False,
+}
+
+
+def with_t5x_numerics(config: TransformerConfig) -> TransformerConfig:
+    """The same architecture under T5X's conventions (`T5X_NUMERICS`)."""
+    return dataclasses.replace(config, **T5X_NUMERICS)
+
+
 def _defaults() -> dict[str, Any]:
     return {
         f.name: f.default
@@ -169,7 +198,9 @@ def _defaults() -> dict[str, Any]:
 
 
 # Every field is spelled out, as in the gin files, so a preset never depends on the defaults
-# above (nor on gin bindings active when it is built).
+# above (nor on gin bindings active when it is built). Every preset uses ptjf's numerics
+# (float32 attention logits and softmax, RMSNorm scale in float32; relative position tables
+# per layer), not T5X's (`T5X_NUMERICS`).
 _NMT = {
     # Paper Table 3: d_model 512, d_ff 2048, 8 heads, QKV dim 512 (= 8 × 64), dropout 0.1,
     # ReLU feed-forward [Vaswani et al.]. The paper does not say whether embeddings are tied;
@@ -186,6 +217,8 @@ _NMT = {
     "share_relpos_bias": False,
     "dtype": "float32",
     "float32_attention_logits": True,
+    "float32_attention_softmax": True,
+    "norm_scale_in_float32": True,
     "remat_policy": "none",
 }
 _MT5 = {
@@ -199,6 +232,8 @@ _MT5 = {
     "share_relpos_bias": False,
     "dtype": "bfloat16",
     "float32_attention_logits": True,
+    "float32_attention_softmax": True,
+    "norm_scale_in_float32": True,
     "head_dim": 64,
     "remat_policy": "none",
 }
@@ -231,6 +266,8 @@ _PRESET_FIELDS: dict[str, dict[str, Any]] = {
         "share_relpos_bias": False,
         "dtype": "float32",
         "float32_attention_logits": True,
+        "float32_attention_softmax": True,
+        "norm_scale_in_float32": True,
         "remat_policy": "none",
     },
     "nmt_3layer": {**_NMT, "num_encoder_layers": 3, "num_decoder_layers": 3},

@@ -15,6 +15,11 @@ Conventions (T5X's minimal T5, so its checkpoints map onto these parameters):
   variance-scaling(1, fan_avg, uniform); norm scales ones.
 - Dropout masks are shared across the length axis (`broadcast_dims=(-2,)`), T5's convention,
   which the paper's T5X runs used.
+- Numerics: by default the attention softmax and RMSNorm's scaling run in float32 whatever
+  the compute dtype; `MultiHeadAttention.float32_softmax=False` and
+  `RMSNorm.scale_in_float32=False` are T5X's conventions instead (see
+  `ptjf.models.config.T5X_NUMERICS`). Relative position buckets are exact integer
+  comparisons, the same on every device.
 """
 
 from __future__ import annotations
@@ -68,10 +73,16 @@ def _scaled(init: nn.initializers.Initializer, factor: float) -> nn.initializers
 
 
 class RMSNorm(nn.Module):
-    """T5's LayerNorm: x / rms(x) * scale, no mean subtraction and no bias, computed in f32."""
+    """T5's LayerNorm: x / rms(x) * scale, no mean subtraction and no bias.
+
+    rms(x) is computed in float32. `scale_in_float32=True` (ptjf) also multiplies by the scale
+    in float32 and casts the product to `dtype`; False (T5X) casts x / rms(x) to `dtype` first
+    and multiplies by the scale cast to `dtype`, one more rounding when `dtype` is bfloat16.
+    """
 
     dtype: jnp.dtype = jnp.float32
     epsilon: float = 1e-6
+    scale_in_float32: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -83,7 +94,9 @@ class RMSNorm(nn.Module):
         )
         x = x.astype(jnp.float32)
         y = x * lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
-        return (y * scale).astype(self.dtype)
+        if self.scale_in_float32:
+            return (y * scale).astype(self.dtype)
+        return y.astype(self.dtype) * scale.astype(self.dtype)
 
 
 class Dense(nn.Module):
@@ -159,6 +172,35 @@ class Mlp(nn.Module):
         return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(h)
 
 
+@functools.cache
+def log_bucket_thresholds(num_buckets: int, max_exact: int, max_distance: int) -> tuple[int, ...]:
+    """The smallest distance of each log-spaced bucket max_exact + k, k >= 1, in order.
+
+    T5 puts a distance n >= max_exact in bucket max_exact + floor(span · log(n / max_exact) /
+    log(max_distance / max_exact)) (span = num_buckets − max_exact), capped at num_buckets − 1.
+    In exact arithmetic n reaches offset k when (n / max_exact)^span >= (max_distance /
+    max_exact)^k, i.e. n^span · max_exact^k >= max_distance^k · max_exact^span: a comparison of
+    Python integers, so distances that sit exactly on a boundary (16, 32 and 64 with T5's
+    encoder settings) land in the same bucket on every host and device, whatever its `log`
+    rounds to.
+    """
+    span = num_buckets - max_exact
+
+    def reaches(n: int, k: int) -> bool:
+        return n**span * max_exact**k >= max_distance**k * max_exact**span
+
+    thresholds = []
+    for k in range(1, span):
+        # A float guess, then exact integer steps to the smallest n that reaches k.
+        guess = max(max_exact, int(max_exact * (max_distance / max_exact) ** (k / span)))
+        while guess > max_exact and reaches(guess - 1, k):
+            guess -= 1
+        while not reaches(guess, k):
+            guess += 1
+        thresholds.append(guess)
+    return tuple(thresholds)
+
+
 def relative_position_bucket(
     relative_position: Array,
     *,
@@ -171,8 +213,11 @@ def relative_position_bucket(
     Bidirectional (encoder): half the buckets for keys before the query, half for keys after.
     Unidirectional (decoder): future keys share bucket 0. Within a direction, the first half of
     the buckets holds distances 0..n/2−1 exactly and the rest cover distances up to
-    `max_distance` on a log scale; farther keys share the last bucket.
+    `max_distance` on a log scale; farther keys share the last bucket. The log-scale bucket is
+    found by comparing the integer distance with thresholds computed exactly on the host
+    (`log_bucket_thresholds`), never with a device `log`.
     """
+    relative_position = jnp.asarray(relative_position, jnp.int32)
     offset = jnp.zeros_like(relative_position)
     distance = -relative_position  # how far back the key is
     if bidirectional:
@@ -182,12 +227,9 @@ def relative_position_bucket(
     else:
         distance = jnp.maximum(distance, 0)
     max_exact = num_buckets // 2
-    # eps keeps log() finite at distance 0, whose value the `where` discards anyway.
-    ratio = distance.astype(jnp.float32) / max_exact + jnp.finfo(jnp.float32).eps
-    log_bucket = max_exact + (
-        jnp.log(ratio) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    ).astype(jnp.int32)
-    log_bucket = jnp.minimum(log_bucket, num_buckets - 1)
+    log_bucket = jnp.full_like(distance, max_exact)
+    for threshold in log_bucket_thresholds(num_buckets, max_exact, max_distance):
+        log_bucket = log_bucket + (distance >= threshold).astype(distance.dtype)
     return offset + jnp.where(distance < max_exact, distance, log_bucket)
 
 
@@ -230,6 +272,10 @@ class MultiHeadAttention(nn.Module):
     `cache` variables `cached_key`/`cached_value` [batch, max_length, heads, head_dim]; later
     calls take one query position, write its key/value at `decode_index` and attend to the
     cached positions <= `decode_index`.
+
+    `float32_logits` computes q·k (and adds the mask and bias) in float32 rather than `dtype`;
+    `float32_softmax` takes the softmax in float32 even when the logits are in `dtype` (ptjf),
+    False takes it in the logits' dtype (T5X).
     """
 
     num_heads: int
@@ -237,6 +283,7 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float
     dtype: jnp.dtype = jnp.float32
     float32_logits: bool = True
+    float32_softmax: bool = True
 
     @nn.compact
     def __call__(
@@ -272,7 +319,9 @@ class MultiHeadAttention(nn.Module):
             logits = logits + jnp.where(mask, 0.0, _MASK_VALUE).astype(logits.dtype)
         if bias is not None:
             logits = logits + bias.astype(logits.dtype)
-        weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
+        if self.float32_softmax:
+            logits = logits.astype(jnp.float32)
+        weights = jax.nn.softmax(logits).astype(self.dtype)
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=deterministic
         )

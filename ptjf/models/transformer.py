@@ -71,6 +71,7 @@ def _attention(cfg: TransformerConfig, name: str) -> layers.MultiHeadAttention:
         dropout_rate=cfg.dropout_rate,
         dtype=jnp.dtype(cfg.dtype),
         float32_logits=cfg.float32_attention_logits,
+        float32_softmax=cfg.float32_attention_softmax,
         name=name,
     )
 
@@ -108,7 +109,11 @@ class _Sublayers(nn.Module):
         )
 
     def _norm(self, name: str) -> layers.RMSNorm:
-        return layers.RMSNorm(dtype=jnp.dtype(self.config.dtype), name=name)
+        return layers.RMSNorm(
+            dtype=jnp.dtype(self.config.dtype),
+            scale_in_float32=self.config.norm_scale_in_float32,
+            name=name,
+        )
 
     def _mlp_branch(self, x: Array, deterministic: bool) -> Array:
         cfg = self.config

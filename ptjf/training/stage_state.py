@@ -31,6 +31,7 @@ from ptjf.checkpoint_link import COMMIT_SUCCESS_FILE
 from ptjf.errors import CorruptCheckpointError
 from ptjf.models import EncoderDecoder, TransformerConfig, init_params, param_logical_axes
 from ptjf.partitioning import Partitioner
+from ptjf.training import init_from
 from ptjf.training.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,9 @@ def build_state(
         lineage = meta.get("lineage") or {}
         parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
         return state, meta, parent
+    if init_from.is_path(stage.init_from):
+        load, parent, _ = init_from.params_loader(stage.init_from, partitioner, config, checkpoint)
+        return switched_state(load(), tx, shardings, partitioner), {}, parent
     if index == 0 or stage.init_from == "scratch":
         rng = jax.random.fold_in(jax.random.key(seed), index)
         state = partitioner.init(

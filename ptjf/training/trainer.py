@@ -40,7 +40,7 @@ from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.partitioning import Partitioner
-from ptjf.training import startup, steps
+from ptjf.training import init_from, startup, steps
 from ptjf.training.bleu import BleuEvaluator, translation_target_languages
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
@@ -286,6 +286,11 @@ def train(
     config = model_config(plan)
     # Every host must tokenize with process 0's model (a collective: all processes are here).
     vocabulary_checksums.check_features_on_every_host({"vocabulary": plan_vocabulary(plan)})
+    for stage in plan.stages[: stop + 1]:  # a checkpoint to start from: layout, fit, vocabulary
+        if init_from.is_path(stage.init_from) and not ckpt.finalized_steps(
+            storage.join(model_dir, stage.name)
+        ):
+            init_from.params_loader(stage.init_from, partitioner, config, checkpoint)
     apply_fn = make_apply_fn(EncoderDecoder(config))
     timeline = startup.Timeline()
     timeline.mark("configured")
