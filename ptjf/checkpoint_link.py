@@ -52,6 +52,7 @@ import jax
 from ptjf import checkpoints as ckpt
 from ptjf import distributed, storage
 from ptjf.errors import CheckpointError
+from ptjf.storage import link_tree
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,6 @@ STAGING = ".ptjf-switch-staging"
 _ORBAX_STEP_METADATA = "_CHECKPOINT_METADATA"
 # Orbax's marker of a finalised step on GCS (orbax.checkpoint's atomicity_types).
 COMMIT_SUCCESS_FILE = "commit_success.txt"
-
-
-def link_tree(source: str, destination: str) -> int:
-    """Hard-links every file under `source` to the same place under `destination` (created);
-    returns the number of files. Raises OSError where a link cannot be made."""
-    count = 0
-    for directory, _, files in os.walk(source):
-        here = os.path.join(destination, os.path.relpath(directory, source))
-        os.makedirs(here, exist_ok=True)
-        for name in files:
-            os.link(os.path.join(directory, name), os.path.join(here, name))
-            count += 1
-    return count
 
 
 def fsync_directory(path: str) -> None:

@@ -316,13 +316,15 @@ def link_or_copy_tree(source: PathLike, destination: PathLike) -> tuple[int, boo
     s, d = check_uri(source), check_uri(destination)
     if not is_remote(s) and not is_remote(d):
         try:
-            return _link_tree(s, d), True
+            return link_tree(s, d), True
         except OSError:
             rmtree(d)
     return copy_tree(s, d), False
 
 
-def _link_tree(source: str, destination: str) -> int:
+def link_tree(source: str, destination: str) -> int:
+    """Hard-links every file under local `source` to the same place under `destination`
+    (created); returns the number of files. Raises OSError where a link cannot be made."""
     count = 0
     for directory, _, files in os.walk(source):
         here = os.path.join(destination, os.path.relpath(directory, source))

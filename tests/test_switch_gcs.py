@@ -15,37 +15,26 @@ import os
 
 import jax
 import numpy as np
-import optax
 import pytest
+from test_switch_links import (
+    CONFIG,
+    PLAN,
+    SOURCE_STEP,
+    SYNC,
+    trained_state,
+)
 
 from ptjf import checkpoint_link, integrity, storage, switch
 from ptjf import checkpoints as ck
 from ptjf import stages as stg
-from ptjf.models import init_params, preset
 from ptjf.partitioning import Partitioner
 from ptjf.training import metrics_io, stage_state
 from ptjf.training.train_state import TrainState
 
-CONFIG = preset("tiny", 64)
-SOURCE_STEP = 4
-MIXTURE = "bible_en_fr_tl"  # never read: the model is given, so no vocabulary is built
-PLAN = stg.Plan(
-    stages=[
-        stg.Stage(name="pretrain", mixture_or_task_name=MIXTURE, steps=SOURCE_STEP),
-        stg.Stage(name="joint", mixture_or_task_name=MIXTURE, steps=3),
-    ]
-)
-SYNC = ck.CheckpointConfig(period=1, async_save=False)
-
-
-def trained_state(tx: optax.GradientTransformation) -> TrainState:
-    """A finished stage's state: parameters and an optimizer state after one update."""
-    state = stg.switch_state(init_params(CONFIG, jax.random.key(0)), tx)
-    return state.apply_gradients(jax.tree.map(lambda p: 0.01 * p + 0.1, state.params), tx)
-
 
 @pytest.fixture(scope="module")
 def source_state() -> TrainState:
+    """The source run of the local switch tests (tests/test_switch_links.py)."""
     return trained_state(stg.make_tx(PLAN, 0)[0])
 
 

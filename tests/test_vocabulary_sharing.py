@@ -335,3 +335,10 @@ def test_two_processes_with_different_models_both_stop_naming_process_1(tmp_path
     different = run(models[0], models[2])
     for line in different:
         assert line.startswith("ERROR vocabulary (") and "process(es) 1 of 2" in line, different
+
+
+@pytest.mark.parametrize("value", ["gs://bucket/cache", "gs:/bucket/cache"])
+def test_a_bucket_as_the_local_cache_is_refused_naming_the_shared_dir(value, monkeypatch):
+    monkeypatch.setenv("PTJF_DATA_DIR", value)
+    with pytest.raises(ConfigError, match=r"must be a local directory.*train.vocab_dir"):
+        V.data_dir()

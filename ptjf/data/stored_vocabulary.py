@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 
-import seqio
-
 from ptjf import storage
+from ptjf.data.vocabularies import LazySentencePieceVocabulary, data_dir
 from ptjf.errors import DataError
 
 # T5X's and SeqIO's usual sentinel count for span corruption (`<extra_id_0>` … `<extra_id_99>`).
 DEFAULT_EXTRA_IDS = 100
 
 
-class StoredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+class StoredSentencePieceVocabulary(LazySentencePieceVocabulary):
     """`seqio.SentencePieceVocabulary` for a model at `path` (local or gs://)."""
 
     def __init__(self, path: str, extra_ids: int = DEFAULT_EXTRA_IDS):
@@ -32,22 +31,8 @@ class StoredSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     def source(self) -> str:
         return self._source
 
-    def _ensure(self) -> str:
-        if not self._sentencepiece_model_file:
-            self._sentencepiece_model_file = local_model_file(self._source)
-        return self._sentencepiece_model_file
-
-    def _model_context(self):
-        self._ensure()
-        return super()._model_context()
-
-    @property
-    def sentencepiece_model_file(self) -> str:
-        return self._ensure()
-
-    def __getstate__(self):
-        self._ensure()
-        return super().__getstate__()
+    def _locate(self) -> str:
+        return local_model_file(self._source)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, StoredSentencePieceVocabulary):
@@ -72,8 +57,6 @@ def local_model_file(path: str) -> str:
         data = storage.read_bytes(path)
     except FileNotFoundError:
         raise _missing(path) from None
-    from ptjf.data.vocabularies import data_dir
-
     digest = hashlib.sha256(data).hexdigest()[:16]
     local = os.path.join(
         os.fspath(data_dir()), "stored-vocabularies", f"{digest}-{storage.basename(path)}"

@@ -50,8 +50,16 @@ log = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
-    """ptjf's cache root: `$PTJF_DATA_DIR`, else `~/.cache/ptjf`."""
-    return Path(os.environ.get("PTJF_DATA_DIR") or Path.home() / ".cache" / "ptjf")
+    """ptjf's cache root: `$PTJF_DATA_DIR`, else `~/.cache/ptjf`. It is each host's own local
+    cache (file locks, compilation cache): a bucket belongs in `train.vocab_dir` instead."""
+    value = os.environ.get("PTJF_DATA_DIR")
+    if value and ("://" in value or value.startswith(("gs:", "gcs:"))):
+        raise ConfigError(
+            f"PTJF_DATA_DIR={value!r}: the cache must be a local directory (each host keeps its "
+            "own). To share one vocabulary between hosts, pass --gin.train.vocab_dir="
+            "'gs://BUCKET/vocabularies' (or set PTJF_VOCAB_DIR)."
+        )
+    return Path(value or Path.home() / ".cache" / "ptjf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +487,32 @@ def _install(local: Path, data: bytes) -> None:
     storage.write_bytes(local, data)
 
 
-class CachedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """A `seqio.SentencePieceVocabulary` whose local model file is found on first use
+    (`_locate`), so that registering a task reads, builds and downloads nothing."""
+
+    def _locate(self) -> str:
+        raise NotImplementedError
+
+    def _ensure(self) -> str:
+        if not self._sentencepiece_model_file:
+            self._sentencepiece_model_file = self._locate()
+        return self._sentencepiece_model_file
+
+    def _model_context(self):
+        self._ensure()
+        return super()._model_context()
+
+    @property
+    def sentencepiece_model_file(self) -> str:
+        return self._ensure()
+
+    def __getstate__(self):
+        self._ensure()
+        return super().__getstate__()
+
+
+class CachedSentencePieceVocabulary(LazySentencePieceVocabulary):
     """A `seqio.SentencePieceVocabulary` whose model is built from a corpus on first use.
 
     Nothing is read or trained until the vocabulary is used (tokenising, `vocab_size`), so
@@ -501,25 +534,13 @@ class CachedSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     def spec(self) -> VocabularySpec:
         return self._spec
 
-    def _ensure(self) -> str:
-        if not self._sentencepiece_model_file:
-            # The model is often first needed while tf.data traces a tokenizing map; a corpus
-            # read through tf.data (a TFDS split) must then run eagerly, outside that graph.
-            with tensorflow_on_cpu().init_scope():
-                path = ensure_model(self._spec, self._corpus_fn, self._fingerprint_fn())
-            self._sentencepiece_model_file = str(path)
-        return self._sentencepiece_model_file
-
-    def _model_context(self):
-        self._ensure()
-        return super()._model_context()
-
-    @property
-    def sentencepiece_model_file(self) -> str:
-        return self._ensure()
+    def _locate(self) -> str:
+        # The model is often first needed while tf.data traces a tokenizing map; a corpus
+        # read through tf.data (a TFDS split) must then run eagerly, outside that graph.
+        with tensorflow_on_cpu().init_scope():
+            return str(ensure_model(self._spec, self._corpus_fn, self._fingerprint_fn()))
 
     def __getstate__(self):
-        self._ensure()
         state = super().__getstate__()
         # The corpus closures are only needed to build the model, which now exists.
         state.pop("_corpus_fn", None)
