@@ -86,7 +86,7 @@ def _checkpoint_location(
 
 
 def _bleu_languages(eval_tasks: list[str], bleu_examples: object, alpha: object) -> dict[str, str]:
-    from ptjf.training import trainer
+    from ptjf.training import run_checks
     from ptjf.training.bleu import translation_target_languages
 
     if bleu_examples is not None and (
@@ -101,7 +101,7 @@ def _bleu_languages(eval_tasks: list[str], bleu_examples: object, alpha: object)
             f"No eval task is a translation task (eval tasks: {eval_tasks}); BLEU scores "
             "translations only. Pass --no_bleu (bleu=False) to score the losses alone."
         )
-    return trainer.bleu_tasks(True, eval_tasks, bleu_examples, alpha)
+    return run_checks.bleu_tasks(True, eval_tasks, bleu_examples, alpha)
 
 
 def _train_scalars(model_dir: str, record: Mapping[str, Any]) -> dict | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -41,11 +40,12 @@ from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.partitioning import Partitioner
 from ptjf.training import init_from, startup, steps
-from ptjf.training.bleu import BleuEvaluator, translation_target_languages
+from ptjf.training.bleu import BleuEvaluator
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
 from ptjf.training.preemption import Preempted, PreemptionWatch
 from ptjf.training.progress import ProgressDisplay
+from ptjf.training.run_checks import bleu_tasks, check_plan
 from ptjf.training.stage_state import build_state, sharded_state_target, state_shardings
 from ptjf.training.train_state import TrainState
 
@@ -383,73 +383,6 @@ def train(
         last_eval=run.last_eval,
         startup_seconds=run.startup_seconds,
     )
-
-
-def check_plan(
-    plan: stg.Plan,
-    stop: int,
-    lengths: Mapping[str, int],
-    batch_size: int,
-    num_microbatches: int,
-    partitioner: Partitioner,
-    input_shards: int | None,
-) -> None:
-    """Every stage's settings, checked before anything is written: a mistake in the joint
-    stage must not surface after hours of pre-training."""
-    for index, stage in enumerate(plan.stages[: stop + 1]):
-        stg.make_tx(plan, index)  # optimizer, schedule vs the stage's length
-        data.effective_rates(
-            data.DatasetConfig(
-                mixture_or_task_name=stage.mixture_or_task_name,
-                task_feature_lengths=lengths,
-                batch_size=batch_size,
-                rates=stage.rates,
-            )
-        )
-    if (
-        isinstance(num_microbatches, bool)
-        or not isinstance(num_microbatches, int)
-        or (num_microbatches < 1 or batch_size % num_microbatches)
-    ):
-        raise ConfigError(
-            f"train.num_microbatches={num_microbatches!r} must be an integer >= 1 that divides "
-            f"train.batch_size={batch_size}."
-        )
-    _, num_shards = partitioner.data_shard(batch_size)
-    data.check_input_shards(batch_size, num_shards, input_shards)
-
-
-def bleu_tasks(
-    eval_bleu: bool, eval_tasks: list[str], bleu_examples: object, bleu_alpha: object
-) -> dict[str, str]:
-    """{task: target language} of the tasks BLEU scores; empty when BLEU is off."""
-    if not eval_bleu:
-        return {}
-    if bleu_examples is not None and (
-        isinstance(bleu_examples, bool) or not isinstance(bleu_examples, int) or bleu_examples < 1
-    ):
-        raise ConfigError(
-            f"train.bleu_examples={bleu_examples!r} must be an integer >= 1, or None for as "
-            "many as train.max_eval_examples."
-        )
-    if (
-        isinstance(bleu_alpha, bool)
-        or not isinstance(bleu_alpha, (int, float))
-        or not math.isfinite(bleu_alpha)
-        or bleu_alpha < 0
-    ):
-        raise ConfigError(
-            f"train.bleu_alpha={bleu_alpha!r} must be a finite number >= 0 (the length penalty "
-            "exponent; 0.6 in the paper, 0 for none)."
-        )
-    languages = translation_target_languages(eval_tasks)
-    if not languages:
-        raise ConfigError(
-            f"train.eval_bleu=True but no eval task is a translation task (eval tasks: "
-            f"{eval_tasks}); BLEU scores translations only. Set EVAL_BLEU = False, or evaluate "
-            "a translation task (Plan.eval_tasks)."
-        )
-    return languages
 
 
 def _train_stage(run: _Run, index: int) -> None:
