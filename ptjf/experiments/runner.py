@@ -87,16 +87,14 @@ class NodeLog:
             self._tmpdir = tempfile.mkdtemp(prefix="ptjf-sweep-log-")
             self.local = os.path.join(self._tmpdir, LOG_FILE)
             earlier = storage.read_bytes(path) if storage.exists(path) else b""
-            with open(self.local, "wb") as f:
-                f.write(earlier)
+            storage.write_bytes(self.local, earlier)  # the staging copy the commands append to
             self._uploaded = len(earlier)
 
     def upload(self) -> None:
         """Copies the local log to the bucket if it grew since the last upload (gs:// only)."""
         if self._tmpdir is None or not os.path.exists(self.local):
             return
-        with open(self.local, "rb") as f:
-            data = f.read()
+        data = storage.read_bytes(self.local)
         if len(data) != self._uploaded:
             storage.write_bytes(self.path, data)
             self._uploaded = len(data)
