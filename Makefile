@@ -37,6 +37,7 @@ bench: $(STAMP)
 		--out bench_results/input_pipeline.json
 	$(PY) benchmarks/stage_switch.py --out bench_results/stage_switch.json
 	$(PY) benchmarks/checkpointing.py --out bench_results/checkpointing.json
+	$(PY) benchmarks/resume.py --out bench_results/resume.json
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

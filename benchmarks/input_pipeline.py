@@ -22,8 +22,9 @@ inputs 64 / targets 64 tokens). Measured, on the embedded Bible data:
 * mixing_cost = single-task batches/s / mixture batches/s (above 1: mixing is slower), and
   packing_speedup = packed / unpacked batches/s (packed batches carry more examples each, see
   examples_per_s);
-* resume: time from the `train_batches` call to batch N with `start_batch=N` (tf.data skips N
-  batches, still building them) against reading batches 0..N; the two batches are compared
+* resume: time from the `train_batches` call to batch N with `start_batch=N` and no saved
+  position (the replay fallback: N batches are built and discarded) against reading batches
+  0..N; `benchmarks/resume.py` measures resuming from a saved position; the two batches are compared
   (`resume_batch_matches`), since a fast but wrong resume would be no resume;
 * trainer_steps_per_s: steps/s of the train step of `nmt_3layer` at the same shape, from
   `--train-json` (a `benchmarks/train_throughput.py` report; used when it holds `nmt_3layer`
@@ -199,7 +200,7 @@ def measure_streams(
 
 
 def measure_resume(config: DatasetConfig, n: int) -> dict[str, Any]:
-    """Batch n by `start_batch=n` (a skip) against reading batches 0..n."""
+    """Batch n by `start_batch=n` (replayed) against reading batches 0..n."""
     start = time.perf_counter()
     skipped = next(train_batches(config, start_batch=n))
     skip_s = time.perf_counter() - start

@@ -47,7 +47,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 import ptjf
-from ptjf import faults
+from ptjf import checkpoint_input, faults
 from ptjf.checkpoint_config import CheckpointConfig, parse_checkpoint_path
 from ptjf.checkpoint_fit import OPT_STATE, check_fits, paths_text, tree_signature
 from ptjf.errors import CheckpointError, ConfigError, CorruptCheckpointError
@@ -234,6 +234,12 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
         (OPT_STATE, ocp.args.StandardSave, ocp.args.StandardRestore, ocp.StandardCheckpointHandler),
         (STEP, ocp.args.ArraySave, ocp.args.ArrayRestore, ocp.ArrayCheckpointHandler),
         (METADATA, ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler),
+        (
+            checkpoint_input.ITEM,
+            checkpoint_input.InputStateSave,
+            checkpoint_input.InputStateRestore,
+            checkpoint_input.InputStateHandler,
+        ),
     ):
         registry.add(name, save, handler)
         registry.add(name, restore, handler)
@@ -302,9 +308,18 @@ class StageCheckpointer:
                 "StageCheckpointer created with read_only=False."
             )
 
-    def save(self, step: int, state: Any, metadata: Mapping[str, Any], force: bool = False) -> bool:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        metadata: Mapping[str, Any],
+        force: bool = False,
+        input_state: Any = None,
+    ) -> bool:
         """Start writing `state` at stage step `step`; returns whether a save was started.
 
+        `input_state`: a callable returning the input streams' positions
+        (`checkpoint_input.InputStateSave`), called only when the step is saved; None saves none.
         Saves when `force` (the end of a stage) or when `step` is a multiple of `period`; a step
         that is already saved or being saved is skipped. Returns as soon as the arrays are
         copied off the accelerator when `async_save` is on; the write continues in the
@@ -328,18 +343,19 @@ class StageCheckpointer:
             return False
         # What a restore must read back (ptjf.integrity): a corrupted checkpoint is caught.
         meta["fingerprints"] = {PARAMS: fingerprint(params), OPT_STATE: fingerprint(opt_state)}
+        items = {
+            PARAMS: ocp.args.StandardSave(params),
+            OPT_STATE: ocp.args.StandardSave(opt_state),
+            STEP: ocp.args.ArraySave(jnp.asarray(step_value, jnp.int32)),
+            METADATA: ocp.args.JsonSave(meta),
+        }
+        if input_state is not None and (positions := input_state()) is not None:
+            items[checkpoint_input.ITEM] = positions
         try:
             faults.inject("save_write", step)
             self._manager.save(
                 step,
-                args=ocp.args.Composite(
-                    **{
-                        PARAMS: ocp.args.StandardSave(params),
-                        OPT_STATE: ocp.args.StandardSave(opt_state),
-                        STEP: ocp.args.ArraySave(jnp.asarray(step_value, jnp.int32)),
-                        METADATA: ocp.args.JsonSave(meta),
-                    }
-                ),
+                args=ocp.args.Composite(**items),
                 force=True,  # the period decision is made above, not by orbax's interval policy
             )
         except OSError as e:

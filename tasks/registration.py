@@ -230,6 +230,9 @@ def _add_task(
             ],
             output_features=output_features(vocabulary),
             metric_fns=[],
+            # An in-memory source permutes whole epochs itself; a buffer would only add to
+            # every checkpoint of the input stream (ptjf.data.input_state).
+            shuffle_buffer_size=None if isinstance(source, InMemorySource) else 1000,
         )
         _TASKS[name] = TaskInfo(name, kind, languages, problem or name, train_size, description)
         return task

@@ -173,3 +173,22 @@ def test_checkpointing_quick(tmp_path, capsys):
     assert r["first_save_s"] > 0 and r["compile_and_warmup_s"] > 0
     assert r["restore_full_s"] > 0 and r["restore_params_s"] > 0
     assert report["summary_line"].startswith("checkpointing (tiny, ")
+
+
+def test_resume_quick(tmp_path, capsys):
+    report = run_script("resume", tmp_path, capsys, "--data-dir", str(tmp_path / "data"))
+    assert report["restore_matches"] is True  # a fast but wrong resume would be no resume
+    real = report["real_positions"]
+    assert set(real) == {"5", "20"}
+    for r in real.values():
+        assert r["restore_s"] > 0 and r["save_s"] > 0 and r["state_bytes"] > 0
+    rows = {r["step"]: r for r in report["table"]}
+    assert sorted(rows) == [10**3, 10**4, 10**5, 10**6]
+    per_batch, replay0 = report["replay_s_per_batch"], report["replay_s_at_0"]
+    for n, r in rows.items():  # the arithmetic each row states
+        assert r["replay_s"] == pytest.approx(replay0 + n * per_batch)
+        assert r["restore_s"] == real["20"]["restore_s"]
+        assert r["speedup"] == pytest.approx(r["replay_s"] / r["restore_s"])
+        assert r["replay_rows"] == n * 64 // 8
+    assert report["goal_met"] == (rows[10**6]["restore_s"] <= 2 * rows[10**3]["restore_s"])
+    assert report["summary_line"].startswith("resume at 10^6:")

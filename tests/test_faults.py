@@ -21,7 +21,7 @@ import pytest
 
 from ptjf import checkpoints as ckpt
 from ptjf import storage, train
-from ptjf.errors import CheckpointError
+from ptjf.errors import CheckpointError, DataError
 from ptjf.experiments.results import clean_records
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
 
@@ -156,6 +156,51 @@ def test_kills_at_random_steps_async_saves_switch_and_sigterm_resume_exactly(ref
     code, out = run_to_end(launch(model_dir))
     assert code == 0 and f"done at global step {FINAL_STEP}" in out, out[-3000:]
     assert_bitwise_equal(final_params(model_dir), final_params(reference))
+    # Every resume continued the input streams from their saved positions: none replayed.
+    assert "replaying" not in out
+    assert (model_dir / "joint" / "8" / "input_state" / "shard-00000-of-00001.state").is_file()
+
+
+def _stopped_after_joint_step_6(reference: Path, tmp_path: Path) -> Path:
+    model_dir = tmp_path / "run"
+    shutil.copytree(reference, model_dir)
+    shutil.rmtree(model_dir / "joint" / "8")
+    return model_dir
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_a_step_without_a_usable_input_state_replays_with_a_warning(
+    reference, tmp_path, damage, caplog
+):
+    """A checkpoint from before input states were saved, or whose state file was damaged:
+    the stream is replayed to the step (said, with the count), and the run still ends exactly
+    where the uninterrupted one did."""
+    model_dir = _stopped_after_joint_step_6(reference, tmp_path)
+    folder = model_dir / "joint" / "6" / "input_state"
+    if damage == "missing":
+        shutil.rmtree(folder)
+    else:
+        shard = folder / "shard-00000-of-00001.state"
+        shard.write_bytes(shard.read_bytes()[:-3])
+    with caplog.at_level(logging.WARNING, logger="ptjf"):
+        summary = train.run(FILES, [f"MODEL_DIR = '{model_dir}'", *BINDINGS])
+    assert summary.global_step == FINAL_STEP
+    expected = "has no saved input state" if damage == "missing" else "is damaged"
+    assert expected in caplog.text and "replaying" in caplog.text
+    assert_bitwise_equal(final_params(model_dir), final_params(reference))
+
+
+def test_a_resume_with_another_stream_is_refused_then_replays_on_request(reference, tmp_path):
+    model_dir = _stopped_after_joint_step_6(reference, tmp_path)
+    bindings = [f"MODEL_DIR = '{model_dir}'", *BINDINGS, "train.seed = 3"]
+    with pytest.raises(DataError) as err:
+        train.run(FILES, bindings)
+    text = str(err.value)
+    assert "joint step 6" in text and "seed: saved 1000, this run 1003" in text
+    assert "resume_input" in text
+    assert ckpt.finalized_steps(model_dir / "joint")[-1] == 6  # nothing lost
+    summary = train.run(FILES, [*bindings, "train.resume_input = 'replay'"])
+    assert summary.global_step == FINAL_STEP
 
 
 def test_a_gs_run_killed_mid_save_resumes_to_the_local_run_bit_for_bit(

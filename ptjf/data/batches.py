@@ -14,18 +14,18 @@ and packs exactly as they do. The conversion after it follows the converter's co
 every non-padding target token).
 
 The training stream is a pure function of (`DatasetConfig`, shard): every shuffle and the task
-sampler are seeded and tf.data runs deterministically, so `start_batch=n` resumes exactly
-where an uninterrupted stream would be, in this process or another. It does so by skipping n
-batches, which is exact but costs time linear in n (the skipped batches are still built); a
-checkpointable iterator may replace it. TensorFlow combines op seeds with its global seed, so
-`tf.random.set_seed` elsewhere changes the stream: leave it unset (or set it identically).
+sampler are seeded and tf.data runs deterministically. A stream resumes from its saved
+iterator state (`ptjf.data.input_state`: cost independent of the step), or, as the fallback,
+by replaying: `start_batch=n` without a state reads and discards n batches, exact but linear in
+n. TensorFlow combines op seeds with its global seed, so `tf.random.set_seed` elsewhere changes
+the stream: leave it unset (or set it identically).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import gin
 import numpy as np
@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 
 from ptjf.data import mixing
+from ptjf.data.input_state import HostStream, ShardStream
 from ptjf.data.tracing import without_autograph
 from ptjf.errors import ConfigError, DataError
 
@@ -167,8 +168,11 @@ def to_features(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> 
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Deterministic order; and a position that tf.data cannot save exactly (a stateful
+    `tf.py_function` would be restored as if it had no state) is refused, not approximated."""
     options = tf.data.Options()
     options.deterministic = True
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.FAIL
     return ds.with_options(options)
 
 
@@ -176,13 +180,19 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def train_batches(
-    config: DatasetConfig, *, start_batch: int = 0, shard_index: int = 0, num_shards: int = 1
-) -> Iterator[Batch]:
-    """The infinite stream of this host's training batches, `[batch_size // num_shards, L]`.
+    config: DatasetConfig,
+    *,
+    start_batch: int = 0,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    state: bytes | None = None,
+) -> ShardStream:
+    """The infinite stream of this shard's training batches, `[batch_size // num_shards, L]`.
 
-    Host `shard_index` reads a disjoint 1/`num_shards` of every task (SeqIO `ShardInfo`).
-    `start_batch=n` yields what the uninterrupted stream yields from batch n on (see module
-    docstring for the cost). Batches become numpy arrays only when taken.
+    Shard `shard_index` reads a disjoint 1/`num_shards` of every task (SeqIO `ShardInfo`).
+    `start_batch=n` yields what the uninterrupted stream yields from batch n on: restored from
+    `state` (what `save()` returned after n batches) when given, else by replaying n batches.
+    Batches become numpy arrays only when taken.
     """
     _check_positive("num_shards", num_shards)
     if not _is_int(shard_index) or not 0 <= shard_index < num_shards:
@@ -211,8 +221,15 @@ def train_batches(
     )
     ds = to_features(examples, config.task_feature_lengths, config.pack)
     ds = ds.batch(config.batch_size // num_shards, drop_remainder=True)
-    ds = _deterministic(ds).skip(start_batch).prefetch(PREFETCH_BATCHES)
-    return iter(ds.as_numpy_iterator())
+    ds = _deterministic(ds).prefetch(PREFETCH_BATCHES)
+    stream = ShardStream(
+        ds, f"input shard {shard_index} of {num_shards} of {config.mixture_or_task_name!r}"
+    )
+    if state is not None:
+        stream.restore(state, start_batch)
+    elif start_batch:
+        stream.replay(start_batch)
+    return stream
 
 
 def check_input_shards(batch_size: int, num_host_shards: int, input_shards: int | None) -> int:
@@ -238,7 +255,8 @@ def host_train_batches(
     host_shard: int = 0,
     num_host_shards: int = 1,
     input_shards: int | None = None,
-) -> Iterator[Batch]:
+    states: Mapping[int, bytes] | None = None,
+) -> HostStream:
     """This host's rows of every global batch, the stream cut into `input_shards` shards.
 
     None reads one shard per host (each host reads 1/`num_host_shards` of every task, the
@@ -246,23 +264,29 @@ def host_train_batches(
     hosts: host h reads shards h·k … h·k+k−1 (k = input_shards / num_host_shards) and stacks
     their rows, so a run resumed on another topology, or checked against a single process,
     sees exactly the batches it would have seen.
+
+    `states` ({input shard: saved state}, `HostStream.save()` of any host grouping) restores
+    each shard at `start_batch`; None replays.
     """
     shards = check_input_shards(config.batch_size, num_host_shards, input_shards)
     per_host = shards // num_host_shards
-    streams = [
-        train_batches(
-            config,
-            start_batch=start_batch,
-            shard_index=host_shard * per_host + j,
-            num_shards=shards,
+    mine = [host_shard * per_host + j for j in range(per_host)]
+    if states is not None and (missing := [i for i in mine if i not in states]):
+        raise DataError(
+            f"No saved input state for shard(s) {missing} of {shards}; the checkpoint holds "
+            f"shards {sorted(states)}."
         )
-        for j in range(per_host)
-    ]
-    if per_host == 1:
-        return streams[0]
-    return (
-        {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
-        for parts in zip(*streams, strict=True)
+    return HostStream(
+        {
+            i: train_batches(
+                config,
+                start_batch=start_batch,
+                shard_index=i,
+                num_shards=shards,
+                state=None if states is None else states[i],
+            )
+            for i in mine
+        }
     )
 
 

@@ -3,6 +3,12 @@
 The embedded Bible data and small user corpora (TSV / JSONL / plain text) fit in memory, so a
 source loads them lazily on first use — importing `ptjf.tasks` never touches the disk — and
 serves them as `tf.data` with SeqIO's shuffling and per-host sharding contract.
+
+Shuffling is a permutation of example indices per epoch (`tf.random.experimental.index_shuffle`,
+keyed by a seed that tf.data draws afresh on each repetition), not a shuffle buffer: the
+stream's state is a few counters, so a checkpoint of the input iterator stays small and quick
+to write and read at any step (`ptjf.data.input_state`), where a buffer over the whole split
+would be copied into every checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +38,13 @@ class InMemorySource(seqio.DataSource):
     """
 
     def __init__(self, load_fn: LoadFn, splits: Sequence[str], description: str):
-        super().__init__(splits=splits, num_input_examples=None, caching_permitted=False)
+        # The source shuffles whole epochs itself: SeqIO's task-level buffer is not needed.
+        super().__init__(
+            splits=splits,
+            num_input_examples=None,
+            caching_permitted=False,
+            performs_internal_shuffling=True,
+        )
         self._load_fn = load_fn
         self._description = description
         self._cache: dict[str, Sequence[Example]] = {}
@@ -92,12 +104,39 @@ class InMemorySource(seqio.DataSource):
                 raise DataError(
                     f"Examples of {self._description} ({split}) do not all have the key {k!r}."
                 ) from None
-        ds = tf.data.Dataset.from_tensor_slices(columns)
-        if shard_info is not None and shard_info.num_shards > 1:
-            ds = ds.shard(shard_info.num_shards, shard_info.index)
-        if shuffle:
-            ds = ds.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-        return ds
+        indices = _epoch_indices(len(examples), shuffle, seed, shard_info)
+        table = {k: tf.constant(v) for k, v in columns.items()}
+        return indices.map(
+            lambda i: {k: tf.gather(v, i) for k, v in table.items()},
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+
+def _epoch_indices(
+    n: int, shuffle: bool, seed: int | None, shard_info: seqio.ShardInfo | None
+) -> tf.data.Dataset:
+    """One epoch of this shard's example indices (shard i of k holds i, i + k, i + 2k, …),
+    in order or permuted. Each repetition of the dataset (SeqIO repeats the source) draws a new
+    permutation key from a seeded generator, so epochs differ yet the stream is a pure
+    function of `seed`; without a seed the keys are non-deterministic."""
+    index, num_shards = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    m = len(range(index, n, num_shards))
+    if m == 0:
+        return tf.data.Dataset.range(0)
+    if not shuffle:
+        return tf.data.Dataset.range(index, n, num_shards)
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+    def epoch(key: tf.Tensor) -> tf.data.Dataset:
+        key2 = tf.stack([key, tf.constant(0x5EED, tf.int64)])
+        return tf.data.Dataset.range(m).map(
+            lambda j: (
+                index + num_shards * tf.random.experimental.index_shuffle(j, key2, max_index=m - 1)
+            )
+        )
+
+    return keys.flat_map(epoch)
 
 
 def _lines(path: str | Path) -> list[str]:

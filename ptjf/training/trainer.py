@@ -34,12 +34,12 @@ from ptjf import checkpoints as ckpt
 from ptjf import distributed, faults, storage
 from ptjf import stages as stg
 from ptjf.data import batches as data
-from ptjf.data import vocabularies, vocabulary_checksums
+from ptjf.data import input_state, vocabularies, vocabulary_checksums
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.partitioning import Partitioner
-from ptjf.training import init_from, startup, steps
+from ptjf.training import init_from, input_resume, startup, steps
 from ptjf.training.bleu import BleuEvaluator
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
@@ -230,6 +230,7 @@ def train(
     partitioner: Partitioner | None = None,
     input_shards: int | None = None,
     vocab_dir: str | None = None,
+    resume_input: str = "restore",
 ) -> RunSummary:
     """Runs `plan` in `model_dir` (T5X's `train_script.train`, for a plan of stages).
 
@@ -250,6 +251,9 @@ def train(
     vocab_dir: where the one SentencePiece model every host uses is built once and published
         (local or gs://); None = `MODEL_DIR/vocabularies` with several processes, the local
         cache (`PTJF_DATA_DIR`, or `$PTJF_VOCAB_DIR`) with one.
+    resume_input: "restore" continues each stream from its checkpoint's saved position (cost
+        independent of the step); "replay" skips the trained batches of this run's stream
+        (`ptjf.training.input_resume`).
     """
     for name, value in (
         ("eval_period", eval_period),
@@ -260,6 +264,7 @@ def train(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"train.{name}={value!r} must be an integer >= 1.")
     lengths = data.check_lengths(task_feature_lengths)
+    input_resume.check_mode(resume_input)
     names = [s.name for s in plan.stages]
     if last_stage is not None and last_stage not in names:
         raise ConfigError(
@@ -285,7 +290,9 @@ def train(
     log.info("%s", partitioner.describe())
     config = model_config(plan)
     # Every host must tokenize with process 0's model (a collective: all processes are here).
-    vocabulary_checksums.check_features_on_every_host({"vocabulary": plan_vocabulary(plan)})
+    checksums = vocabulary_checksums.check_features_on_every_host(
+        {"vocabulary": plan_vocabulary(plan)}
+    )
     for stage in plan.stages[: stop + 1]:  # a checkpoint to start from: layout, fit, vocabulary
         if init_from.is_path(stage.init_from) and not ckpt.finalized_steps(
             storage.join(model_dir, stage.name)
@@ -344,6 +351,8 @@ def train(
             log_every=log_every,
             checkpoint=checkpoint,
             input_shards=input_shards,
+            resume_input=resume_input,
+            vocabulary=checksums.get("vocabulary"),
         ),
         examples_seen=dict.fromkeys(eval_tasks, 0),
         tokens_seen=dict.fromkeys(eval_tasks, 0),
@@ -401,15 +410,29 @@ def _train_stage(run: _Run, index: int) -> None:
     )
     task_names = data.mixture_task_names(dataset)
     shard_index, num_shards = part.data_shard(opt["batch_size"])
-
-    def open_batches(start_batch: int):
-        return data.host_train_batches(
+    input_shards = data.check_input_shards(opt["batch_size"], num_shards, opt["input_shards"])
+    per_host = input_shards // num_shards
+    stage_input = input_resume.StageInput(
+        stage_dir,
+        lambda start_batch, states: data.host_train_batches(
             dataset,
             start_batch=start_batch,
             host_shard=shard_index,
             num_host_shards=num_shards,
             input_shards=opt["input_shards"],
-        )
+            states=states,
+        ),
+        input_state.describe(
+            dataset,
+            task_names,
+            data.effective_rates(dataset),
+            input_shards=input_shards,
+            vocabulary=opt["vocabulary"],
+        ),
+        range(shard_index * per_host, (shard_index + 1) * per_host),
+        opt["resume_input"],
+    )
+    open_batches = stage_input.open
 
     # The first batch is read from the start: building its tf.data pipeline is the longest of
     # the three waits below. A resumed stage starts at its newest checkpoint; should that one be
@@ -542,7 +565,13 @@ def _train_stage(run: _Run, index: int) -> None:
             stop = run.preemption is not None and run.preemption.requested(base_step + step)
             force = stop or step == stage.steps
             if checkpointer.due(step, force=force):
-                checkpointer.save(step, state, run.metadata(index, step, parent), force=force)
+                checkpointer.save(
+                    step,
+                    state,
+                    run.metadata(index, step, parent),
+                    force=force,
+                    input_state=lambda: stage_input.capture(batches),
+                )
             if stop:
                 checkpointer.wait()
                 log.warning("preempted: saved stage %r step %d in %s", stage.name, step, stage_dir)
