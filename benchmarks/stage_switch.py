@@ -5,7 +5,7 @@
 
 For each model preset: freshly initialised parameters and their Adam state are saved as the
 source checkpoint of a finished stage (`StageCheckpointer`, synchronous save). Then
-`ptjf.switch.switch`, the function behind `ptjf switch`, writes step 0 of an empty stage
+`ptjf.commands.switch.switch`, the function behind `ptjf switch`, writes step 0 of an empty stage
 directory from it, three ways:
 
 * linked (the default): the fit check against the target model from the item's metadata, then
@@ -60,11 +60,12 @@ import jax
 import numpy as np
 import train_throughput
 
-from ptjf import checkpoints as ckpt
-from ptjf import stages, switch
+from ptjf import stages
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import switch
 from ptjf.errors import ConfigError
 from ptjf.models import PRESET_NAMES, TransformerConfig, init_params, preset
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 from ptjf.training import optimizers, schedules, stage_state
 
 IMPORTS_DONE = time.perf_counter()
@@ -172,7 +173,7 @@ def _plan() -> stages.Plan:
 def switch_once(
     source: str, target: str, config: TransformerConfig, *, link: bool, verify: bool
 ) -> dict[str, Any]:
-    """One `ptjf switch` (`ptjf.switch.switch`) into an empty stage directory, timed."""
+    """One `ptjf switch` (`ptjf.commands.switch.switch`) into an empty stage directory, timed."""
     start = time.perf_counter()
     switch.switch(
         f"{source}/{SOURCE_STEP}",

@@ -11,7 +11,7 @@ from `ptjf.training.steps` jitted with the state donated, as the trainer does. M
   to StableHLO (`lower_s`) and XLA's compile (`compile_s`); their sum is `compile_total_s`, the
   "compile" of the summary line. These are the trainer's own costs, not a second ahead-of-time
   compile, which would double the run and could hit jax's caches. XLA's own FLOP count of the
-  compiled step (`xla_flops_per_step`, cached, no recompile) is kept as a check on `ptjf.flops`;
+  compiled step (`xla_flops_per_step`, cached, no recompile) is kept as a check on `ptjf.models.flops`;
 * launch to first step: from the top of this module (before jax is imported) to the first step's
   result, so it counts the imports, initialisation and compilation; only the first model of a
   run starts from a fresh process;
@@ -24,7 +24,7 @@ from `ptjf.training.steps` jitted with the state donated, as the trainer does. M
   include earlier ones) and, where the device reports it, `peak_bytes_in_use`;
 * compilations of the train step: XLA compiles observed through `jax.monitoring` from the first
   call to the last timed step, and the jitted function's cache size; both should be 1;
-* MFU: analytic model FLOPs per step (`ptjf.flops`) / median step time, divided by the matmul
+* MFU: analytic model FLOPs per step (`ptjf.models.flops`) / median step time, divided by the matmul
   FLOP/s measured on the same machine in the same run (a best-of-several square `jnp.dot` in the
   compute dtype), not by a datasheet peak: on a shared CPU the attainable peak is what matters.
 
@@ -68,9 +68,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjf import flops
 from ptjf.errors import ConfigError
-from ptjf.models import PRESET_NAMES, EncoderDecoder, count_params, init_params, preset
+from ptjf.models import PRESET_NAMES, EncoderDecoder, count_params, flops, init_params, preset
 from ptjf.training import losses, optimizers, schedules, startup, steps
 from ptjf.training.train_state import create_train_state
 

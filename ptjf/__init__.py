@@ -2,7 +2,7 @@
 
 The data flow of a run follows the package layout: `ptjf.tasks` (SeqIO registrations) →
 `ptjf.sampling` (mixing rates) → `ptjf.data` (vocabularies, preprocessors, batches) →
-`ptjf.models` → `ptjf.training` → `ptjf.checkpoints` → `ptjf.stages` → `ptjf.experiments`.
+`ptjf.models` → `ptjf.training` → `ptjf.checkpoints.checkpointer` → `ptjf.stages` → `ptjf.experiments`.
 """
 
 import time as _time

@@ -31,7 +31,7 @@ def launch_train(
     argv = [
         sys.executable,
         "-m",
-        "ptjf.cli",
+        "ptjf.commands.cli",
         "train",
         f"--coordinator_address=127.0.0.1:{port}",
         f"--process_count={count}",

@@ -18,12 +18,12 @@ import sys
 import jax
 import numpy as np
 
-from ptjf import checkpoints as ckpt
 from ptjf import config as gin_config
 from ptjf import stages as stg
-from ptjf import switch
-from ptjf.partitioning import Partitioner, standard_logical_axis_rules
-from ptjf.training import stage_state, trainer
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import switch
+from ptjf.runtime.partitioning import Partitioner, standard_logical_axis_rules
+from ptjf.training import stage_state, state_layout, trainer
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
 
 # One stage (one compilation per mesh) keeps the 8 runs short; the stage switch across meshes is
@@ -121,9 +121,9 @@ def main(out: str) -> None:
         tx, _ = stg.make_tx(plan, 0)
         target = part.with_shardings(
             jax.eval_shape(
-                lambda p, tx=tx: stg.switch_state(p, tx), stage_state.abstract_params(config)
+                lambda p, tx=tx: stg.switch_state(p, tx), state_layout.abstract_params(config)
             ),
-            stage_state.state_shardings(part, config, tx),
+            state_layout.state_shardings(part, config, tx),
         )
         with ckpt.StageCheckpointer(os.path.join(model_dir, "joint"), read_only=True) as c:
             state, _ = c.restore(6, target_state=target)

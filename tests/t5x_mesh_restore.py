@@ -19,9 +19,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ptjf import t5x_checkpoints, t5x_models
 from ptjf.models import EncoderDecoder, init_params, param_logical_axes
-from ptjf.partitioning import Partitioner, standard_logical_axis_rules
+from ptjf.runtime.partitioning import Partitioner, standard_logical_axis_rules
+from ptjf.t5x import checkpoints as t5x_checkpoints
+from ptjf.t5x import models as t5x_models
 
 DATA = Path(__file__).parent / "data" / "t5x"
 LAYOUTS = {"orbax": "t511_small_orbax", "legacy": "legacy_format"}

@@ -17,10 +17,10 @@ import optax
 import pytest
 from fake_runs import write_sweep
 
-from ptjf import checkpoints as ck
-from ptjf import cli
 from ptjf import stages as stg
-from ptjf import switch as sw
+from ptjf.checkpoints import checkpointer as ck
+from ptjf.commands import cli
+from ptjf.commands import switch as sw
 from ptjf.data import batches as data
 from ptjf.errors import CheckpointError, ConfigError, DataError, RatesError
 from ptjf.experiments.results import load_runs
@@ -212,7 +212,7 @@ def test_a_missing_vocabulary_file_is_refused_at_registration(tmp_path):
 def test_a_batch_that_does_not_split_over_the_data_axis_is_refused():
     # Two fake CPU devices need the XLA flag before jax is imported: a fresh interpreter.
     code = (
-        "from ptjf.partitioning import Partitioner\n"
+        "from ptjf.runtime.partitioning import Partitioner\n"
         "p = Partitioner()\n"
         "assert p.data_size == 2, p.data_size\n"
         "assert p.data_shard(4) == (0, 1)\n"

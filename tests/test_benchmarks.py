@@ -11,9 +11,8 @@ import statistics
 import jax
 import pytest
 
-from ptjf import flops
 from ptjf.errors import ConfigError
-from ptjf.models import count_params, preset
+from ptjf.models import count_params, flops, preset
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 

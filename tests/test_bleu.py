@@ -12,7 +12,7 @@ import pytest
 import sacrebleu
 import seqio
 
-from ptjf import train
+from ptjf.commands import train
 from ptjf.data.preprocessors import translation_prefix
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, DataError

@@ -1,4 +1,4 @@
-"""Tests for ptjf.checkpoints: round trips, garbage collection, fit checks, discovery."""
+"""Tests for ptjf.checkpoints.checkpointer: round trips, garbage collection, fit checks, discovery."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from ptjf import checkpoints as ck
-from ptjf import integrity
+from ptjf.checkpoints import checkpointer as ck
+from ptjf.checkpoints import integrity
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.training import train_state
 
@@ -84,7 +84,7 @@ def test_round_trip_is_bitwise_and_keeps_metadata(tmp_path):
     assert int(restored["step"]) == 7 and restored["step"].dtype == jnp.int32
     fingerprints = meta.pop("fingerprints")
     assert meta == {**META, "step": 7, "ptjf_version": "0.1.0"}
-    # What a restore verifies: the saved arrays' checksums (ptjf.integrity).
+    # What a restore verifies: the saved arrays' checksums (ptjf.checkpoints.integrity).
     assert fingerprints == {
         "params": integrity.fingerprint(state["params"]),
         "opt_state": integrity.fingerprint(state["opt_state"]),
@@ -214,7 +214,7 @@ def test_stage_start_holds_no_optimizer_state_and_a_full_restore_says_what_to_do
 def test_dtype_difference_is_cast_and_logged(tmp_path, caplog):
     ckpt = saved(tmp_path)
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), make_params())
-    with caplog.at_level(logging.WARNING, logger="ptjf.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="ptjf.checkpoints.checkpointer"):
         params, _ = ckpt.restore_params(target_params=target)
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(params))
     expected = make_state(7)["params"]["enc"]["w"].astype(jnp.bfloat16)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ptjf import cli, sampling
+from ptjf import sampling
+from ptjf.commands import cli
 
 MC4 = "en=13396,hi=75,gu=3.6,gd=0.8,sw=4.1"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptjf import cli
+from ptjf.commands import cli
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_bad_data_found_after_the_stage_start_save_keeps_that_checkpoint(
 ):
     # The stage-start checkpoint is written while the first batch is read; when reading then
     # fails, the run stops with its message only after that write is final.
-    from ptjf import checkpoints as ck
+    from ptjf.checkpoints import checkpointer as ck
     from ptjf.data import batches
     from ptjf.errors import DataError
 

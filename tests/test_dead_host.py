@@ -11,9 +11,9 @@ import time
 import pytest
 from localhost_processes import free_port, launch_train, wait_for_steps
 
-from ptjf import checkpoints as ckpt
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.runtime.watchdog import EXIT_PEER_LOST, PeerWatchdog
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE
-from ptjf.watchdog import EXIT_PEER_LOST, PeerWatchdog
 
 pytestmark = pytest.mark.fault
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ptjf import cli
-from ptjf.demo import format_summary, summarize
+from ptjf.commands import cli
+from ptjf.commands.demo import format_summary, summarize
 from ptjf.training.metrics_io import read_metrics
 
 

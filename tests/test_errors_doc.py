@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import pytest
 
-from ptjf import cli
+from ptjf.commands import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "errors.md"

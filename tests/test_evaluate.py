@@ -9,9 +9,9 @@ import shutil
 import ptjf.tasks as T
 import pytest
 
-from ptjf import cli
+from ptjf.commands import cli
+from ptjf.commands.evaluate import evaluate_checkpoint, evaluate_sweep, point_train_command
 from ptjf.errors import CheckpointError, ConfigError, DataError, UnknownNameError
-from ptjf.evaluate import evaluate_checkpoint, evaluate_sweep, point_train_command
 from ptjf.experiments import report
 from ptjf.experiments.results import clean_records
 from ptjf.training.metrics_io import read_metrics
@@ -83,7 +83,7 @@ def _flags(model_dir) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(toy, tmp_path_factory):
     """A PTJF run of 2 + 2 steps, trained without BLEU, as a sweep point would be."""
-    from ptjf import train
+    from ptjf.commands import train
 
     model_dir = tmp_path_factory.mktemp("run") / "point"
     train.run(RUN_FILES, _bindings(model_dir))

@@ -19,8 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-from ptjf import checkpoints as ckpt
-from ptjf import storage, train
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import train
 from ptjf.errors import CheckpointError, DataError
 from ptjf.experiments.results import clean_records
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
@@ -78,7 +79,7 @@ def command(model_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "ptjf.cli",
+        "ptjf.commands.cli",
         "train",
         *(f"--gin_file={f}" for f in FILES),
         f"--gin.MODEL_DIR='{model_dir}'",
@@ -280,8 +281,8 @@ def test_disk_full_during_a_save_keeps_the_older_checkpoints(reference, tmp_path
 
 
 def test_a_malformed_fault_spec_is_refused():
-    from ptjf import faults
     from ptjf.errors import ConfigError
+    from ptjf.runtime import faults
 
     with pytest.raises(ConfigError, match="expected ACTION@POINT"):
         faults.parse("explode@save")

@@ -1,4 +1,4 @@
-"""Tests for `ptjf.flops`: hand-computed counts, an independent count from the real parameter
+"""Tests for `ptjf.models.flops`: hand-computed counts, an independent count from the real parameter
 tree, and XLA's own count of the compiled loss-and-gradient."""
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ptjf import flops
 from ptjf.errors import ConfigError
-from ptjf.models import EncoderDecoder, init_params, preset
+from ptjf.models import EncoderDecoder, flops, init_params, preset
 
 
 def test_matmul_flops_is_two_per_multiply_add():
@@ -109,7 +108,7 @@ def test_rejects_non_positive_lengths():
 
 
 def test_close_to_xla_count_of_loss_and_gradient():
-    """XLA's count of the compiled loss + gradient includes the elementwise work ptjf.flops leaves
+    """XLA's count of the compiled loss + gradient includes the elementwise work ptjf.models.flops leaves
     out (norms, softmax, GELU, the loss): at d_model 32 that is about 7%, at d_model 512 about 1%,
     so the analytic figure must sit in [1.00, 1.15] x below XLA's. A forward-only count (1/3) or a
     missing backward operand (2/3) falls far outside; dropout is off because its random bits

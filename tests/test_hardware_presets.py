@@ -10,10 +10,9 @@ import gin
 import pytest
 
 from ptjf import config as gin_config
-from ptjf import memory
 from ptjf.errors import ConfigError
-from ptjf.models import TransformerConfig
-from ptjf.partitioning import Partitioner, standard_logical_axis_rules
+from ptjf.models import TransformerConfig, memory
+from ptjf.runtime.partitioning import Partitioner, standard_logical_axis_rules
 from ptjf.training.optimizers import OptimizerConfig
 
 HARDWARE = Path(__file__).resolve().parent.parent / "gin_configs" / "hardware"
@@ -42,7 +41,7 @@ HEADER = {
 }
 # The mc4 experiment's model: 64,000 SentencePiece pieces + 100 sentinels, padded to 128.
 MC4_VOCAB = 64_128
-# What ptjf.memory leaves out (XLA's temporaries, padding, the program) must fit in the rest.
+# What ptjf.models.memory leaves out (XLA's temporaries, padding, the program) must fit in the rest.
 FIT_FRACTION = 0.75
 
 

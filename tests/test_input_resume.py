@@ -183,7 +183,7 @@ def test_a_stream_tf_data_cannot_save_is_replayed_with_a_warning(caplog, tmp_pat
         str(tmp_path), lambda start, states: None, {"input_shards": 1}, [0], "restore"
     )
     host = B.HostStream({0: stream})
-    with caplog.at_level("WARNING", logger="ptjf.train"):
+    with caplog.at_level("WARNING", logger="ptjf.commands.train"):
         assert stage.capture(host) is None
         assert stage.capture(host) is None  # logged once
     assert sum("without the input position" in r.message for r in caplog.records) == 1

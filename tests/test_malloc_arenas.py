@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from ptjf import malloc_arenas
+from ptjf.runtime import malloc_arenas
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="only glibc has malloc arenas to cap")

@@ -1,4 +1,4 @@
-"""ptjf.memory: hand-computed bytes on a tiny model, mT5-XXL's size, and the shardings of
+"""ptjf.models.memory: hand-computed bytes on a tiny model, mT5-XXL's size, and the shardings of
 8 fake CPU devices agreeing with the arithmetic to the byte."""
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ptjf import memory
 from ptjf.errors import ConfigError, UnknownNameError
-from ptjf.models import EncoderDecoder, TransformerConfig, param_logical_axes
+from ptjf.models import EncoderDecoder, TransformerConfig, memory, param_logical_axes
 from ptjf.models.config import count_params, preset
-from ptjf.training import stage_state
+from ptjf.training import state_layout
 from ptjf.training.optimizers import OptimizerConfig, paper_mc4_adafactor, t5_adafactor
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "scaling.md"
@@ -60,7 +59,7 @@ def _nbytes(params: int) -> int:
 def test_parameter_layout_is_the_models_own(changes):
     config = dataclasses.replace(TINY, **changes)
     layout = memory.parameter_layout(config)
-    shapes = jax.tree_util.tree_flatten_with_path(stage_state.abstract_params(config))[0]
+    shapes = jax.tree_util.tree_flatten_with_path(state_layout.abstract_params(config))[0]
     axes = jax.tree_util.tree_flatten_with_path(
         param_logical_axes(EncoderDecoder(config)), is_leaf=lambda x: isinstance(x, P)
     )[0]
@@ -216,7 +215,7 @@ def _jax_residuals(config, batch: int, le: int, ld: int) -> tuple[int, int]:
     from ptjf.training import losses
 
     model = EncoderDecoder(config)
-    params = stage_state.abstract_params(config)
+    params = state_layout.abstract_params(config)
     enc, dec = jnp.ones((batch, le), jnp.int32), jnp.ones((batch, ld), jnp.int32)
 
     def loss(p):
@@ -385,7 +384,7 @@ import json, sys
 import jax, numpy as np, optax
 from ptjf import stages
 from ptjf.models.config import TransformerConfig
-from ptjf.partitioning import Partitioner, standard_logical_axis_rules
+from ptjf.runtime.partitioning import Partitioner, standard_logical_axis_rules
 from ptjf.training import stage_state
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer
 
@@ -396,9 +395,9 @@ for key, (num_partitions, dims, optimizer) in json.loads(sys.argv[2]).items():
                                         parameter_partitioning_dims=dims)
     part = Partitioner(num_partitions=num_partitions, logical_axis_rules=rules)
     tx = make_optimizer(OptimizerConfig(**optimizer), optax.constant_schedule(1.0))
-    shardings = stage_state.state_shardings(part, config, tx)
+    shardings = state_layout.state_shardings(part, config, tx)
     abstract = jax.eval_shape(lambda p: stages.switch_state(p, tx),
-                              stage_state.abstract_params(config))
+                              state_layout.abstract_params(config))
     def nbytes(tree, sh):
         sizes = jax.tree.map(
             lambda a, s: int(np.prod(s.shard_shape(a.shape))) * a.dtype.itemsize, tree, sh)

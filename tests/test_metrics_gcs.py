@@ -14,7 +14,8 @@ import warnings
 import pytest
 from fake_runs import BLEU, FRONT, POINTS, add_bleu, record, write_run, write_sweep
 
-from ptjf import demo, evaluate, storage
+from ptjf import storage
+from ptjf.commands import demo, evaluate
 from ptjf.errors import ConfigError, DataError
 from ptjf.experiments import report, results
 from ptjf.training import metrics_io as mio

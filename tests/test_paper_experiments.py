@@ -9,8 +9,9 @@ from typing import NamedTuple
 import gin
 import pytest
 
-from ptjf import cli, sampling, stages
 from ptjf import config as gin_config
+from ptjf import sampling, stages
+from ptjf.commands import cli
 from ptjf.experiments import runner
 from ptjf.experiments import sweep as sw
 

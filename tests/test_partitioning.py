@@ -10,10 +10,10 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ptjf import distributed
-from ptjf import partitioning as pt
 from ptjf.data import batches as data
 from ptjf.errors import ConfigError
+from ptjf.runtime import distributed
+from ptjf.runtime import partitioning as pt
 
 
 def test_standard_rules_are_t5x_1d_rules():

@@ -11,6 +11,7 @@ import warnings
 import pytest
 from fake_runs import BLEU, BLEU_FRONT, add_bleu, write_run, write_sweep
 
+from ptjf.experiments import figures as report_figures
 from ptjf.experiments import plots, plots_bleu
 from ptjf.experiments.results import load_runs, task_roles
 
@@ -52,7 +53,7 @@ def _info(name, method, tasks=("hi", "lo"), **extra):
 def test_every_figure_of_the_fake_sweep(tmp_path):
     runs, roles = _load(write_sweep(tmp_path))
     out = tmp_path / "figs"
-    figures = _by_file(plots.draw_figures(runs, roles, str(out)))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(out)))
     drawn = {name for name, f in figures.items() if f.path}
     assert drawn == {
         "fronts.png",
@@ -79,7 +80,7 @@ def test_one_method_without_rates_or_pretraining_skips_what_it_cannot_draw(tmp_p
         history = [("joint", 0, 0, 0, 9.0, 9.0, 0, 0), ("joint", 0, 10, 10, hi, lo, 90, 10)]
         write_run(tmp_path / f"t{i}", history, _info(f"t{i}", "temperature", tau=3.0))
     runs, roles = _load(tmp_path)
-    figures = _by_file(plots.draw_figures(runs, roles, str(tmp_path / "out")))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(tmp_path / "out")))
     assert figures["fronts.png"].path is not None
     assert figures["fronts_by_rate.png"].skipped == (
         "no point has a sampling rate for a low-resource task (point.json low_rate)"
@@ -112,7 +113,7 @@ def test_three_tasks_give_one_row_of_fronts_per_low_resource_task(tmp_path):
     runs, roles = _load(tmp_path)
     assert (roles.high, roles.low) == (("en",), ("gu", "sw"))
     out = tmp_path / "out"
-    figures = _by_file(plots.draw_figures(runs, roles, str(out)))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(out)))
     assert _png_size(out / "fronts.png") == (880, 730)  # rows: gu, sw
     assert _png_size(out / "curves.png") == (1320, 730)  # columns: en, gu, sw
     assert figures["fronts_by_rate.png"].path is not None
@@ -134,7 +135,7 @@ def test_transfer_figure_when_transfer_points_exist(tmp_path):
     info = _info("transfer-n100", "transfer", low_rate=1.0, pretrain_steps=100)
     write_run(os.path.join(sweep, "points", "transfer-n100"), history, info)
     runs, roles = _load(sweep)
-    figures = _by_file(plots.draw_figures(runs, roles, str(tmp_path / "out")))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(tmp_path / "out")))
     assert figures["transfer.png"].path == str(tmp_path / "out" / "transfer.png")
     assert _png_size(figures["transfer.png"].path) == (880, 390)  # one panel per task
 
@@ -146,7 +147,7 @@ def test_no_finite_losses_skip_the_fronts_and_remove_a_stale_figure(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "fronts.png").write_bytes(b"stale")
-    figures = _by_file(plots.draw_figures(runs, roles, str(out)))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(out)))
     reason = "no run has finite losses on both the high- and the low-resource task"
     assert figures["fronts.png"].skipped == reason
     assert figures["fronts_by_rate.png"].skipped == reason
@@ -164,7 +165,7 @@ def test_single_task_runs_have_no_front(tmp_path):
     (d / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     runs, roles = _load(d)
     assert (roles.high, roles.low) == (("x",), ())
-    figures = _by_file(plots.draw_figures(runs, roles, str(tmp_path / "out")))
+    figures = _by_file(report_figures.draw_figures(runs, roles, str(tmp_path / "out")))
     assert figures["fronts.png"].skipped.startswith("the runs have a single task")
     assert figures["efficiency_x.png"].path is not None
     assert figures["curves.png"].path is not None
@@ -210,10 +211,10 @@ def test_bleu_fronts_figure_drawn_when_runs_have_bleu(tmp_path):
     sweep = write_sweep(tmp_path)
     runs, roles = _load(sweep)
     out = tmp_path / "figs"
-    skipped = _by_file(plots.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
+    skipped = _by_file(report_figures.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
     assert skipped.path is None and skipped.skipped == plots_bleu.NO_BLEU
     add_bleu(sweep)
     runs, roles = _load(sweep)
-    drawn = _by_file(plots.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
+    drawn = _by_file(report_figures.draw_figures(runs, roles, str(out)))["fronts_bleu.png"]
     assert drawn.path == str(out / "fronts_bleu.png")
     assert _png_size(out / "fronts_bleu.png") == (440, 390)  # one panel: validation BLEU of lo

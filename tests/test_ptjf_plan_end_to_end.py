@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from ptjf import checkpoints as ckpt
-from ptjf import cli, train
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import cli, train
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.training.metrics_io import read_metrics
 
@@ -222,7 +222,8 @@ def test_switch_into_a_different_model_names_the_first_mismatch(ptjf_run, tmp_pa
 
 def test_switch_refuses_a_missing_source(tmp_path):
     with pytest.raises(CheckpointError, match="No finished checkpoint"):
-        from ptjf import stages, switch
+        from ptjf import stages
+        from ptjf.commands import switch
 
         plan = stages.Plan(
             stages=[stages.Stage(name="a", mixture_or_task_name="bible_en_fr_tl", steps=1)]

@@ -9,7 +9,7 @@ import warnings
 import pytest
 from fake_runs import BLEU, FRONT, OVERALL_FRONT, POINTS, add_bleu, write_run, write_sweep
 
-from ptjf import cli
+from ptjf.commands import cli
 from ptjf.errors import DataError
 from ptjf.experiments import report
 from ptjf.experiments.results import load_runs, task_roles

@@ -6,7 +6,7 @@ import pytest
 
 from ptjf import config as gin_config
 from ptjf import stages as stg
-from ptjf import train
+from ptjf.commands import train
 from ptjf.training.metrics_io import read_metrics
 
 COMMON = [

@@ -66,7 +66,7 @@ def test_a_deferred_background_waits_for_start_or_result():
 def test_the_compilation_cache_keeps_every_compile_in_any_directory(monkeypatch, tmp_path):
     # A launch pays every sub-second compile (init, eval, checkpoint fingerprint) before its
     # first step, so each is kept, also in a cache directory the user chose.
-    from ptjf import train
+    from ptjf.runtime import compilation_cache
 
     saved = (
         jax.config.jax_compilation_cache_dir,
@@ -76,13 +76,13 @@ def test_the_compilation_cache_keeps_every_compile_in_any_directory(monkeypatch,
     try:
         jax.config.update("jax_compilation_cache_dir", str(tmp_path))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-        train.enable_compilation_cache()
+        compilation_cache.enable()
         assert jax.config.jax_compilation_cache_dir == str(tmp_path)
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
         # A threshold the user set in the environment stays.
         monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
-        train.enable_compilation_cache()
+        compilation_cache.enable()
         assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
     finally:
         jax.config.update("jax_compilation_cache_dir", saved[0])

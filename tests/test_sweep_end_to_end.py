@@ -12,8 +12,8 @@ import json
 
 import pytest
 
-from ptjf import checkpoints as ckpt
-from ptjf import cli
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import cli
 from ptjf.experiments import runner
 from ptjf.training.metrics_io import read_metrics
 

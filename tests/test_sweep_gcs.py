@@ -10,7 +10,8 @@ import shlex
 
 import pytest
 
-from ptjf import cli, storage
+from ptjf import storage
+from ptjf.commands import cli
 from ptjf.errors import ConfigError
 from ptjf.experiments import runner
 from ptjf.experiments import sweep as sw

@@ -11,8 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from ptjf import checkpoints as ckpt
-from ptjf import cli, storage
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import cli
 from ptjf.experiments import runner
 from ptjf.training.metrics_io import read_metrics
 

@@ -24,11 +24,14 @@ from test_switch_links import (
     trained_state,
 )
 
-from ptjf import checkpoint_link, integrity, storage, switch
-from ptjf import checkpoints as ck
 from ptjf import stages as stg
-from ptjf.partitioning import Partitioner
-from ptjf.training import metrics_io, stage_state
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ck
+from ptjf.checkpoints import integrity
+from ptjf.checkpoints import link as checkpoint_link
+from ptjf.commands import switch
+from ptjf.runtime.partitioning import Partitioner
+from ptjf.training import metrics_io, stage_state, state_layout
 from ptjf.training.train_state import TrainState
 
 
@@ -78,8 +81,8 @@ def state_target(index: int) -> TrainState:
     """Stage `index`'s train state as shapes, dtypes and shardings (a restore target)."""
     tx, _ = stg.make_tx(PLAN, index)
     partitioner = Partitioner()
-    shardings = stage_state.state_shardings(partitioner, CONFIG, tx)
-    return stage_state.sharded_state_target(partitioner, CONFIG, tx, shardings)
+    shardings = state_layout.state_shardings(partitioner, CONFIG, tx)
+    return state_layout.sharded_state_target(partitioner, CONFIG, tx, shardings)
 
 
 def assert_switched(target: str, source_state: TrainState) -> None:
@@ -116,7 +119,7 @@ def test_gcs_to_gcs_copies_the_parameter_objects_server_side(
     real_read = storage.read_bytes
     monkeypatch.setattr(storage, "read_bytes", lambda p: read.append(str(p)) or real_read(p))
     target = f"{gcs_bucket}/b/joint"
-    with caplog.at_level(logging.INFO, logger="ptjf.checkpoint_link"):
+    with caplog.at_level(logging.INFO, logger="ptjf.checkpoints.link"):
         assert run_switch(gcs_source, target) == (gcs_source, SOURCE_STEP)
     assert "copied the parameter objects" in caplog.text and "cannot" not in caplog.text
     # Every parameter object is the source's, and none passed through this host.
@@ -148,7 +151,7 @@ def test_between_gcs_and_local_disk_orbax_writes_the_parameters(
     else:
         source = save_source(str(tmp_path / "a" / "pretrain"), source_state)
         target = f"{gcs_bucket}/b/joint"
-    with caplog.at_level(logging.INFO, logger="ptjf.checkpoint_link"):
+    with caplog.at_level(logging.INFO, logger="ptjf.checkpoints.link"):
         run_switch(source, target)
     assert "wrote a copy of the parameters" in caplog.text
     assert_switched(target, source_state)
@@ -288,7 +291,7 @@ def test_quarantine_on_local_disk_is_a_rename(tmp_path, source_state):
 def test_the_cli_switch_with_exist_ok_sees_a_checkpoint_in_the_bucket(
     gcs_source, gcs_bucket, capsys
 ):
-    from ptjf import cli
+    from ptjf.commands import cli
 
     argv = [
         "switch",

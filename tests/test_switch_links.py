@@ -18,13 +18,15 @@ import numpy as np
 import optax
 import pytest
 
-from ptjf import checkpoint_link, integrity, switch
-from ptjf import checkpoints as ck
 from ptjf import stages as stg
+from ptjf.checkpoints import checkpointer as ck
+from ptjf.checkpoints import integrity
+from ptjf.checkpoints import link as checkpoint_link
+from ptjf.commands import switch
 from ptjf.errors import CheckpointError, CorruptCheckpointError
 from ptjf.models import init_params, preset
-from ptjf.partitioning import Partitioner
-from ptjf.training import stage_state
+from ptjf.runtime.partitioning import Partitioner
+from ptjf.training import stage_state, state_layout
 from ptjf.training.train_state import TrainState
 
 CONFIG = preset("tiny", 64)
@@ -91,7 +93,7 @@ def test_switched_step_links_the_params_and_holds_no_optimizer_state(
     source, source_state, tmp_path, caplog
 ):
     target = tmp_path / "b" / "joint"
-    with caplog.at_level(logging.INFO, logger="ptjf.checkpoint_link"):
+    with caplog.at_level(logging.INFO, logger="ptjf.checkpoints.link"):
         assert run_switch(source, target) == (str(source), SOURCE_STEP)
     assert "linked the parameter files" in caplog.text
     assert ck.finalized_steps(target) == [0]
@@ -147,7 +149,7 @@ def test_links_failing_falls_back_to_a_copy_with_the_same_bits(
 
     monkeypatch.setattr(os, "link", cross_device)
     target = tmp_path / "b" / "joint"
-    with caplog.at_level(logging.INFO, logger="ptjf.checkpoint_link"):
+    with caplog.at_level(logging.INFO, logger="ptjf.checkpoints.link"):
         run_switch(source, target)
     assert "cannot link the parameter files (OSError: [Errno 18]" in caplog.text
     assert "wrote a copy of the parameters" in caplog.text
@@ -255,7 +257,7 @@ def test_a_corrupted_source_is_refused_and_nothing_is_written(source, tmp_path):
 def test_the_trainer_starts_a_switched_stage_exactly_as_the_in_process_switch(source, tmp_path):
     tx, _ = stg.make_tx(PLAN, 1)
     partitioner = Partitioner()
-    shardings = stage_state.state_shardings(partitioner, CONFIG, tx)
+    shardings = state_layout.state_shardings(partitioner, CONFIG, tx)
 
     def build(model_dir: Path):
         return stage_state.build_state(PLAN, 1, str(model_dir), CONFIG, SYNC, 0, tx, partitioner)

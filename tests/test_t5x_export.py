@@ -25,14 +25,14 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from ptjf import checkpoints as ck
-from ptjf import t5x_adafactor as ta
-from ptjf import t5x_checkpoints as tc
-from ptjf import t5x_export as te
-from ptjf import t5x_gin
-from ptjf import t5x_models as tm
+from ptjf.checkpoints import checkpointer as ck
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import EncoderDecoder, init_params, preset
+from ptjf.t5x import adafactor as ta
+from ptjf.t5x import checkpoints as tc
+from ptjf.t5x import export as te
+from ptjf.t5x import gin_files as t5x_gin
+from ptjf.t5x import models as tm
 from ptjf.training.evaluation import make_apply_fn
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer, t5_adafactor
 from ptjf.training.steps import make_train_step

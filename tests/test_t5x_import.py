@@ -28,8 +28,6 @@ import numpy as np
 import optax
 import pytest
 
-from ptjf import t5x_checkpoints as tc
-from ptjf import t5x_models as tm
 from ptjf.errors import CheckpointError, CorruptCheckpointError
 from ptjf.models import (
     EncoderDecoder,
@@ -41,6 +39,8 @@ from ptjf.models import (
     with_t5x_numerics,
 )
 from ptjf.models.layers import log_bucket_thresholds
+from ptjf.t5x import checkpoints as tc
+from ptjf.t5x import models as tm
 from ptjf.training.optimizers import make_optimizer, t5_adafactor
 
 HERE = Path(__file__).parent

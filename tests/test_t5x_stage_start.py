@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 from ptjf.tasks import registration
 
-from ptjf import checkpoints as ckpt
-from ptjf import cli, storage, t5x_checkpoints, t5x_models, train
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.commands import cli, train
 from ptjf.data import vocabularies
 from ptjf.data.stored_vocabulary import StoredSentencePieceVocabulary
 from ptjf.errors import CheckpointError
+from ptjf.t5x import checkpoints as t5x_checkpoints
+from ptjf.t5x import models as t5x_models
 
 T5X = Path(__file__).parent / "data" / "t5x" / "t511_small_orbax" / "checkpoint_20"
 ROWS = 32128  # the checkpoint's embedding rows: T5X's 32,100 ids padded to 128
@@ -148,7 +151,8 @@ def test_a_vocabulary_of_another_size_is_refused_naming_both_sizes(model_file, t
 
 def test_switch_from_a_t5x_checkpoint_of_another_architecture_names_the_parameter(task, tmp_path):
     from ptjf import config as gin_config
-    from ptjf import stages, switch
+    from ptjf import stages
+    from ptjf.commands import switch
 
     gin_config.parse_gin(
         ["runs/scalarization.gin", "models/tiny.gin"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptjf import train
+from ptjf.commands import train
 from ptjf.errors import ConfigError
 
 FILES = ["runs/ptjf.gin", "models/tiny.gin"]

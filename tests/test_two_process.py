@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from localhost_processes import free_port, launch_train
 
-from ptjf import cli, train
+from ptjf.commands import cli, train
 from ptjf.training.metrics_io import TRAIN_METRICS_FILE, read_metrics
 
 BINDINGS = [

@@ -20,7 +20,7 @@ import io
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from matplotlib import cm, colormaps, colors
 from matplotlib.figure import Figure
@@ -383,60 +383,3 @@ def plot_curves(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
         "Loss curves of every run (overfitting shows as a rising validation loss)", fontsize=10
     )
     return save_figure(fig, path)
-
-
-# --- all of them ------------------------------------------------------------------------------
-
-
-def draw_figures(
-    runs: Sequence[Run], roles: Roles, out_dir: str, *, point: str = "final"
-) -> list[FigureFile]:
-    """Draws every figure the runs support into `out_dir` (local or `gs://`); the others come
-    back as skipped."""
-    jobs: list[tuple[str, str, Callable[[str], str]]] = [
-        (
-            "fronts.png",
-            "Trade-off fronts per method",
-            lambda p: plot_fronts(runs, roles, p, point=point),
-        ),
-        (
-            "fronts_by_rate.png",
-            "Trade-off points by sampling rate",
-            lambda p: plot_fronts_by_rate(runs, roles, p, point=point),
-        ),
-    ]
-    # Imported here: plots_bleu builds on this module's helpers.
-    from ptjf.experiments.plots_bleu import bleu_figure_job
-
-    jobs.append(bleu_figure_job(runs, roles, point=point))
-    for task in roles.tasks:
-        jobs.append(
-            (
-                f"efficiency_{safe_name(task)}.png",
-                f"Data efficiency on {task}",
-                lambda p, t=task: plot_efficiency(runs, roles, t, p, point=point),
-            )
-        )
-    jobs += [
-        (
-            "transfer.png",
-            "Transfer learning vs PTJF",
-            lambda p: plot_transfer(runs, roles, p, point=point),
-        ),
-        (
-            "pretrain_length.png",
-            "Pre-training length",
-            lambda p: plot_pretrain_length(runs, roles, p, point=point),
-        ),
-        ("curves.png", "Loss curves", lambda p: plot_curves(runs, roles, p)),
-    ]
-    storage.makedirs(out_dir)
-    out = []
-    for file, title, draw in jobs:
-        path = storage.join(out_dir, file)
-        try:
-            out.append(FigureFile(file, title, path=draw(path)))
-        except NoData as why:
-            storage.remove(path)  # a stale figure from an earlier report would mislead
-            out.append(FigureFile(file, title, skipped=str(why)))
-    return out

@@ -27,6 +27,7 @@ from typing import Any
 
 from ptjf import storage
 from ptjf.errors import DataError
+from ptjf.experiments import figures as report_figures
 from ptjf.experiments import plots
 from ptjf.experiments.plots_bleu import bleu_at, has_bleu, run_bleu
 from ptjf.experiments.results import (
@@ -482,7 +483,7 @@ def write_report(
     storage.makedirs(out)
     write_csv(results_table(usable), storage.join(out, "results.csv"), TABLE_COLUMNS)
     write_csv(points_table(usable, roles, point), storage.join(out, "points.csv"))
-    drawn = plots.draw_figures(usable, roles, out, point=point) if figures else None
+    drawn = report_figures.draw_figures(usable, roles, out, point=point) if figures else None
     text = render_markdown(runs, roles, dirs=dirs, point=point, figures=drawn)
     report_path = storage.join(out, "report.md")
     storage.write_text(report_path, text)

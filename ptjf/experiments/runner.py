@@ -41,9 +41,9 @@ Launcher = Callable[[Sequence[str], str, str], int]
 
 
 def local_launcher(argv: Sequence[str], cwd: str, log_path: str) -> int:
-    """`ptjf ...` as `python -m ptjf.cli ...` in a child process, output appended to the log
+    """`ptjf ...` as `python -m ptjf.commands.cli ...` in a child process, output appended to the log
     (a local file: a child's output needs one)."""
-    command = [sys.executable, "-m", "ptjf.cli", *argv[1:]]
+    command = [sys.executable, "-m", "ptjf.commands.cli", *argv[1:]]
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(argv)}\n")
         log.flush()
@@ -57,7 +57,7 @@ def is_done(node: sw.Node) -> bool:
 def _has_checkpoint(path: str | None) -> bool:
     if path is None:
         return False
-    from ptjf.checkpoints import finalized_steps
+    from ptjf.checkpoints.checkpointer import finalized_steps
 
     return bool(finalized_steps(path))  # [] where nothing is, local or gs://
 

@@ -27,7 +27,7 @@ import tensorflow as tf
 from ptjf.errors import ConfigError, DataError, UnknownNameError
 from ptjf.models import EncoderDecoder
 from ptjf.models.decoding import beam_search
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 
 DecodeFn = Callable[[Any, jax.Array], jax.Array]
 # sacrebleu tokenizers for targets that 13a cannot split (no spaces between words).

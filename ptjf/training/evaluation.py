@@ -17,7 +17,7 @@ import numpy as np
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.models import EncoderDecoder, TransformerConfig
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 from ptjf.training import steps
 from ptjf.training.bleu import BleuEvaluator
 

@@ -15,11 +15,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ptjf import checkpoints as ckpt
 from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.errors import CheckpointError
 from ptjf.models import TransformerConfig
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 
 _T5X_STEP_DIR = re.compile(r"checkpoint_\d+$")
 EMBEDDING = "token_embedder/embedding"
@@ -60,11 +60,12 @@ def params_loader(
     parameters onto `partitioner`'s shardings. `parent` is (checkpoint path, step), recorded
     as the new stage's lineage.
     """
-    from ptjf.training.stage_state import param_shardings, sharded_params_target
+    from ptjf.training.state_layout import param_shardings, sharded_params_target
 
     path = storage.check_uri(path).rstrip("/")
     if is_t5x_checkpoint(path):
-        from ptjf import t5x_checkpoints, t5x_models
+        from ptjf.t5x import checkpoints as t5x_checkpoints
+        from ptjf.t5x import models as t5x_models
 
         t5x = t5x_checkpoints.open_checkpoint(path)
         embedding = t5x.params.get(EMBEDDING)

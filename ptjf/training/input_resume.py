@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ptjf import checkpoint_input
+from ptjf.checkpoints import input_positions as checkpoint_input
 from ptjf.data import input_state
 from ptjf.data.input_state import HostStream
 from ptjf.errors import ConfigError, CorruptCheckpointError, DataError
 
-log = logging.getLogger("ptjf.train")
+log = logging.getLogger("ptjf.commands.train")
 
 
 def check_mode(mode: str) -> str:

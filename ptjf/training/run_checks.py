@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.errors import ConfigError
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 from ptjf.training.bleu import translation_target_languages
 
 

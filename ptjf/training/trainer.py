@@ -30,23 +30,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptjf import checkpoints as ckpt
-from ptjf import distributed, faults, storage
 from ptjf import stages as stg
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.data import batches as data
 from ptjf.data import input_state, vocabularies, vocabulary_checksums
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import ConfigError, PtjfError
 from ptjf.models import EncoderDecoder, TransformerConfig
-from ptjf.partitioning import Partitioner
+from ptjf.runtime import distributed, faults
+from ptjf.runtime.partitioning import Partitioner
+from ptjf.runtime.preemption import Preempted, PreemptionWatch
 from ptjf.training import init_from, input_resume, startup, steps
 from ptjf.training.bleu import BleuEvaluator
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
-from ptjf.training.preemption import Preempted, PreemptionWatch
 from ptjf.training.progress import ProgressDisplay
 from ptjf.training.run_checks import bleu_tasks, check_plan
-from ptjf.training.stage_state import build_state, sharded_state_target, state_shardings
+from ptjf.training.stage_state import build_state
+from ptjf.training.state_layout import sharded_state_target, state_shardings
 from ptjf.training.train_state import TrainState
 
 log = logging.getLogger(__name__)

@@ -51,12 +51,13 @@ def t5_config(
     checkpoint: a T5X checkpoint directory (`ptjf export`'s OUT_DIR/checkpoint_<step>). The
     sizes come from its parameter shapes; activations, compute dtype, dropout and
     `float32_attention_logits` from the `config.gin` beside it (an export writes one), else
-    T5X's defaults (`ptjf.t5x_models.infer_config`). The keyword arguments override the last
+    T5X's defaults (`ptjf.t5x.models.infer_config`). The keyword arguments override the last
     three (e.g. a fine-tuning dropout). With `mixture_or_task_name`, the task's padded
     vocabulary must have as many rows as the checkpoint's embedding (CheckpointError if not).
     `t5_config_cls` defaults to `t5x.examples.t5.network.T5Config`.
     """
-    from ptjf import t5x_checkpoints, t5x_models
+    from ptjf.t5x import checkpoints as t5x_checkpoints
+    from ptjf.t5x import models as t5x_models
 
     opened = t5x_checkpoints.open_checkpoint(checkpoint)
     config = t5x_models.infer_config(opened)

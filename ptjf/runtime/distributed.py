@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping
 
 from ptjf.errors import ConfigError
-from ptjf.watchdog import PeerWatchdog, exit_lost
+from ptjf.runtime.watchdog import PeerWatchdog, exit_lost
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class DistributedConfig:
     process_index: int | None = None
     initialization_timeout_s: int = 300
     peer_timeout_s: float = 60.0
-    """A peer silent this long is lost: this process stops, naming it (`ptjf.watchdog`)."""
+    """A peer silent this long is lost: this process stops, naming it (`ptjf.runtime.watchdog`)."""
 
     def __post_init__(self) -> None:
         given = [

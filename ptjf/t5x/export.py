@@ -15,7 +15,7 @@ T5X's orbax layout, the layout `t5x.train` writes and restores by default:
 It is written by orbax's own `CheckpointManager` (step prefix `checkpoint`), as T5X's
 checkpoint manager writes it: on local disk into a temporary directory renamed into place when
 complete, on `gs://` in place with `commit_success.txt` written last. Either way nothing
-half-written looks finished, to T5X or to `ptjf.t5x_checkpoints.open_checkpoint`. An existing
+half-written looks finished, to T5X or to `ptjf.t5x.checkpoints.open_checkpoint`. An existing
 `checkpoint_<step>` is never overwritten: the export refuses before writing anything.
 
 The optimizer state is T5X Adafactor's, in one of two forms:
@@ -26,7 +26,7 @@ The optimizer state is T5X Adafactor's, in one of two forms:
   phase with its own warmup. Unused slots are float32 zeros of shape (1,), as T5X keeps them.
 * `optimizer_state="carry"` (the source's stage step): the run's own Adafactor statistics
   (ptjf's Adafactor is optax's), moved into T5X's slots (`t5x_adafactor_state`, the inverse of
-  `ptjf.t5x_models.optax_adafactor_state`). Adam and AdamW keep per-parameter first and second
+  `ptjf.t5x.models.optax_adafactor_state`). Adam and AdamW keep per-parameter first and second
   moments with bias correction, which T5X's Adafactor has no slot for: they are refused.
 
 Only what T5X's minimal T5 (`t5x.examples.t5.network`) can hold is exported: its parameter
@@ -47,12 +47,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from ptjf import checkpoints as ckpt
 from ptjf import storage
-from ptjf import t5x_checkpoints as tc
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models.config import TransformerConfig
-from ptjf.t5x_adafactor import (
+from ptjf.t5x import checkpoints as tc
+from ptjf.t5x.adafactor import (
     SLOTS,
     STATE_CLASSES,
     UNUSED,
@@ -63,7 +63,7 @@ from ptjf.t5x_adafactor import (
     t5x_adafactor_state,
     t5x_slot_shapes,
 )
-from ptjf.t5x_checkpoints import ArrayInfo, T5XCheckpoint, flatten
+from ptjf.t5x.checkpoints import ArrayInfo, T5XCheckpoint, flatten
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _listing(params_meta: Any) -> dict[str, ArrayInfo]:
 
 def _run_fields(stage_dir: str, num_mlp_inputs: int) -> dict[str, Any]:
     """The model fields that shapes do not give, from the ptjf run's MODEL_DIR/config.gin."""
-    from ptjf import t5x_models
+    from ptjf.t5x import models as t5x_models
 
     path = storage.join(storage.dirname(stage_dir), RUN_CONFIG_FILE)
     if not storage.isfile(path):
@@ -148,7 +148,7 @@ def _run_fields(stage_dir: str, num_mlp_inputs: int) -> dict[str, Any]:
 
 def _t5x_config(listing: Mapping[str, ArrayInfo], location: str) -> TransformerConfig:
     """The checkpoint's model as T5X's minimal T5 runs it; CheckpointError if it cannot."""
-    from ptjf import t5x_models
+    from ptjf.t5x import models as t5x_models
 
     as_t5x = T5XCheckpoint(path=location, layout="ptjf", params=listing, optimizer={})
     try:

@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ptjf.checkpoint_fit import key_name
+from ptjf.checkpoints.fit import key_name
 from ptjf.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """How a stage checkpoints (`CheckpointConfig`, gin) and how a checkpoint path is named.
 
 Configuration only, so that gin files, the CLI and the sweep can name checkpoints without the
-checkpointer itself (`ptjf.checkpoints`, which re-exports both).
+checkpointer itself (`ptjf.checkpoints.checkpointer`, which re-exports both).
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def _add_multihost_flags(p: argparse.ArgumentParser) -> None:
 
 def _join_multihost(args: argparse.Namespace) -> None:
     """Joins the run's other processes (flags, or a TPU pod / SLURM step), before any JAX work."""
-    from ptjf import distributed
+    from ptjf.runtime import distributed
 
     distributed.initialize(
         distributed.DistributedConfig(
@@ -140,7 +140,7 @@ def _join_multihost(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ptjf import config as gin_config
-    from ptjf import train
+    from ptjf.commands import train
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
     if rest:
@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from ptjf import config as gin_config
-    from ptjf import evaluate
+    from ptjf.commands import evaluate
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
     if rest:
@@ -229,8 +229,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_switch(args: argparse.Namespace) -> int:
-    from ptjf import checkpoints, distributed, stages, storage, switch
     from ptjf import config as gin_config
+    from ptjf import stages, storage
+    from ptjf.checkpoints import checkpointer as checkpoints
+    from ptjf.commands import switch
+    from ptjf.runtime import distributed
 
     files, bindings, rest = gin_config.flags_to_gin(args.extra)
     if rest:
@@ -288,7 +291,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ptjf import demo
+    from ptjf.commands import demo
 
     demo.run_demo(args.model_dir, quick=args.quick)
     return 0
@@ -405,7 +408,8 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ptjf import t5x_checkpoints, t5x_models
+    from ptjf.t5x import checkpoints as t5x_checkpoints
+    from ptjf.t5x import models as t5x_models
 
     checkpoint = t5x_checkpoints.open_checkpoint(args.checkpoint)
     print(t5x_models.model_gin_text(checkpoint), end="")
@@ -425,7 +429,7 @@ def _inspect_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    from ptjf import t5x_export
+    from ptjf.t5x import export as t5x_export
 
     t5x_export.add_export_parser(sub)
 
@@ -469,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    from ptjf import distributed, malloc_arenas
+    from ptjf.runtime import distributed, malloc_arenas
 
     malloc_arenas.limit_arenas()  # before any thread starts: a lower peak memory
 

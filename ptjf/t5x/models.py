@@ -14,7 +14,7 @@ This module says whether it does, from the checkpoint's listing alone (no array 
   `config.gin` T5X wrote into the run directory when there is one, else from T5X's defaults.
 * `model_gin_text(checkpoint)`: that config as a gin model file (what `ptjf inspect` prints).
 * `load_params(checkpoint, config, shardings)`: the fit check, then the parameters read
-  straight into their shardings (`ptjf.t5x_checkpoints.restore_params`).
+  straight into their shardings (`ptjf.t5x.checkpoints.restore_params`).
 * `optax_adafactor_state(t5x_state, template)`: T5X Adafactor's state in the structure of
   ptjf's Adafactor (optax's), for resuming a T5X run's optimizer.
 """
@@ -36,7 +36,7 @@ from etils import epath
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import init_params
 from ptjf.models.config import KNOWN_ACTIVATIONS, T5X_NUMERICS, TransformerConfig, count_params
-from ptjf.t5x_checkpoints import T5XCheckpoint, flatten, restore_params
+from ptjf.t5x.checkpoints import T5XCheckpoint, flatten, restore_params
 
 RUN_CONFIG_FILE = "config.gin"  # what T5X writes into MODEL_DIR
 # Fixed in T5X's minimal T5 (its T5Config has no field for it).
@@ -186,7 +186,7 @@ def check_model_fit(checkpoint: T5XCheckpoint, config: TransformerConfig) -> Non
         f"T5X checkpoint {checkpoint.path} does not fit the model: {first} is "
         f"{_shape_text(got)} in the checkpoint but {_shape_text(want)} in the model "
         f"({_hint(first, got, want, config)}){more}. Use the model file that "
-        f"`ptjf inspect {checkpoint.path}` prints (ptjf.t5x_models.model_gin_text)."
+        f"`ptjf inspect {checkpoint.path}` prints (ptjf.t5x.models.model_gin_text)."
     )
 
 
@@ -383,7 +383,7 @@ def model_gin_text(
     t5x = all(getattr(config, k) == v for k, v in T5X_NUMERICS.items() if k != "share_relpos_bias")
     header = [
         f"# Model of the T5X checkpoint {checkpoint.path} ({checkpoint.layout} layout{step}),",
-        "# from its parameter shapes (ptjf.t5x_models.model_gin_text). "
+        "# from its parameter shapes (ptjf.t5x.models.model_gin_text). "
         f"{count_params(config):,} parameters.",
     ]
     if notes.get("run"):

@@ -394,7 +394,7 @@ def _flat_shardings(checkpoint: T5XCheckpoint, shardings: Any) -> dict[str, Any]
         raise CheckpointError(
             f"T5X checkpoint {checkpoint.path}: the shardings do not match its parameters "
             f"({'; '.join(parts)}). Check the model against the checkpoint first "
-            "(ptjf.t5x_models.check_model_fit)."
+            "(ptjf.t5x.models.check_model_fit)."
         )
     return flat
 
@@ -412,7 +412,7 @@ def restore_params(
     """The parameters as nested dicts of `jax.Array`s, each read straight into its sharding.
 
     `shardings` mirrors the parameter tree with a `jax.sharding.Sharding` per array (e.g.
-    NamedShardings from `ptjf.partitioning.Partitioner.param_shardings`); None puts every
+    NamedShardings from `ptjf.runtime.partitioning.Partitioner.param_shardings`); None puts every
     array whole on this process's first device. Each process reads only the slices its own
     devices hold. Arrays are cast to `dtype` (T5X may save bfloat16).
     """
@@ -534,7 +534,7 @@ def restore_optimizer_state(checkpoint: T5XCheckpoint) -> dict[str, Any]:
     """T5X's optimizer state as host numpy arrays: {'step': int32 scalar, 'param_states': …}.
 
     `param_states` mirrors the parameters with T5X Adafactor's {'m', 'v', 'v_row', 'v_col'}
-    per parameter, unused ones as shape (1,) zeros (see `ptjf.t5x_models.optax_adafactor_state`
+    per parameter, unused ones as shape (1,) zeros (see `ptjf.t5x.models.optax_adafactor_state`
     for ptjf's Adafactor). Whole arrays are read on this process.
     """
     if not checkpoint.optimizer:

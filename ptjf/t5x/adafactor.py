@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from ptjf.errors import CheckpointError
-from ptjf.t5x_checkpoints import flatten, unflatten
+from ptjf.t5x.checkpoints import flatten, unflatten
 
 SLOTS = ("m", "v", "v_col", "v_row")  # T5X Adafactor's per-parameter state
 # Shape of an unused slot in T5X's Adafactor state.
@@ -158,7 +158,7 @@ def optimizer_kind(opt_state: Any) -> str:
 def t5x_adafactor_state(opt_state: Any, step: int) -> dict[str, Any]:
     """ptjf's Adafactor state as T5X Adafactor's: {'step': int32, 'param_states': …}.
 
-    The inverse of `ptjf.t5x_models.optax_adafactor_state`: optax's `FactoredState` gives
+    The inverse of `ptjf.t5x.models.optax_adafactor_state`: optax's `FactoredState` gives
     each parameter's `v_row`, `v_col` and `v` (both optimizers factor over the same axes, see
     `t5x_factored_dims`, and keep (1,) placeholders for unused slots), the momentum's
     `EmaState` its `m` (a (1,) zero without momentum). Arrays become host float32; `step` is

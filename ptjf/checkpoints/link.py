@@ -49,9 +49,10 @@ from typing import Any
 
 import jax
 
-from ptjf import checkpoints as ckpt
-from ptjf import distributed, storage
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.errors import CheckpointError
+from ptjf.runtime import distributed
 from ptjf.storage import link_tree
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ device, no compilation.
 
 * **Parameters** are listed from the config with the names, shapes and logical axes the model
   creates (`parameter_layout`; its total is `count_params`), all float32.
-* **Sharding** follows `ptjf.partitioning`: logical axes map to mesh axes through the logical-
+* **Sharding** follows `ptjf.runtime.partitioning`: logical axes map to mesh axes through the logical-
   axis rules (`flax.linen.logical_to_mesh_axes`), and an axis that the mesh cannot split evenly
   stays whole on every device, as `Partitioner.sharding` does.
 * **Gradients** are float32 and sharded like the parameters; with `num_microbatches > 1` the
@@ -41,9 +41,9 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ptjf import partitioning
 from ptjf.errors import ConfigError, UnknownNameError
 from ptjf.models.config import REMAT_POLICIES, TransformerConfig
+from ptjf.runtime import partitioning
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer
 
 GiB = 1024**3
@@ -137,7 +137,7 @@ def parameter_layout(config: TransformerConfig) -> dict[str, ParamLayout]:
     Read off the model itself (abstract shapes and logical axes, no memory allocated), so the
     arithmetic can never drift from the parameters the trainer creates.
     """
-    from ptjf.checkpoint_fit import key_name
+    from ptjf.checkpoints.fit import key_name
     from ptjf.models import EncoderDecoder, init_params, param_logical_axes
 
     specs = param_logical_axes(EncoderDecoder(config))

@@ -27,11 +27,11 @@ from typing import IO, Any
 
 import gin
 
-from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
 from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.errors import CheckpointError, ConfigError, DataError, PtjfError, UnknownNameError
-from ptjf.partitioning import Partitioner
+from ptjf.runtime.partitioning import Partitioner
 from ptjf.training import stage_state
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,8 @@ def evaluate_checkpoint(
     """
 
     from ptjf import config as gin_config
-    from ptjf import train
     from ptjf.data import batches as data
+    from ptjf.runtime import compilation_cache
     from ptjf.training import evaluation, trainer
     from ptjf.training.metrics_io import MetricsWriter
 
@@ -149,7 +149,7 @@ def evaluate_checkpoint(
             "No --gin_file given: pass the run's run file, model file and bindings, as given "
             "to `ptjf train` (e.g. --gin_file=runs/ptjf.gin --gin_file=models/tiny.gin)."
         )
-    train.enable_compilation_cache()
+    compilation_cache.enable()
     gin_config.parse_gin(gin_files, gin_bindings)
     settings = trainer_settings()
     plan, model_dir = settings["plan"], os.fspath(settings["model_dir"])

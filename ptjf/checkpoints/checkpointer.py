@@ -47,11 +47,12 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 import ptjf
-from ptjf import checkpoint_input, faults
-from ptjf.checkpoint_config import CheckpointConfig, parse_checkpoint_path
-from ptjf.checkpoint_fit import OPT_STATE, check_fits, paths_text, tree_signature
+from ptjf.checkpoints import input_positions as checkpoint_input
+from ptjf.checkpoints.config import CheckpointConfig, parse_checkpoint_path
+from ptjf.checkpoints.fit import OPT_STATE, check_fits, paths_text, tree_signature
+from ptjf.checkpoints.integrity import fingerprint
 from ptjf.errors import CheckpointError, ConfigError, CorruptCheckpointError
-from ptjf.integrity import fingerprint
+from ptjf.runtime import faults
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class StageCheckpointer:
         if step in self._manager.all_steps():
             log.info("Checkpoint step %d already in %s; not saving it again.", step, self.directory)
             return False
-        # What a restore must read back (ptjf.integrity): a corrupted checkpoint is caught.
+        # What a restore must read back (ptjf.checkpoints.integrity): a corrupted checkpoint is caught.
         meta["fingerprints"] = {PARAMS: fingerprint(params), OPT_STATE: fingerprint(opt_state)}
         items = {
             PARAMS: ocp.args.StandardSave(params),

@@ -71,7 +71,7 @@ def format_summary(rows: Sequence[dict]) -> str:
 
 def run_demo(model_dir: str = "runs/demo", *, quick: bool = False) -> list[dict]:
     """Trains both methods (resuming finished work) and prints the comparison."""
-    from ptjf import train
+    from ptjf.commands import train
 
     runs = {m: storage.absolute(storage.join(model_dir, m)) for m in METHODS}
     for method, run_file in METHODS.items():

@@ -12,7 +12,7 @@ fit the target model (from the item's metadata, before any array is read; a mism
 first path and both shapes, and nothing is written) and that they read back with the
 fingerprint the source recorded. The new step's parameter files are then hard links to the
 source's where the filesystem allows, objects copied by GCS itself when both are on `gs://`, a
-copy written by orbax otherwise (`ptjf.checkpoint_link`, which also says how a step is published
+copy written by orbax otherwise (`ptjf.checkpoints.link`, which also says how a step is published
 on GCS, where no directory can be renamed atomically).
 
 `copy_metrics` gives the new run its parent's eval history (the records up to the fork), so a
@@ -25,14 +25,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ptjf import checkpoint_link, storage
-from ptjf import checkpoints as ckpt
 from ptjf import stages as stg
+from ptjf import storage
+from ptjf.checkpoints import checkpointer as ckpt
+from ptjf.checkpoints import link as checkpoint_link
 from ptjf.data.vocabularies import padded_vocab_size
 from ptjf.errors import CheckpointError, ConfigError
 from ptjf.models import TransformerConfig
-from ptjf.partitioning import Partitioner
-from ptjf.training import init_from, metrics_io, stage_state
+from ptjf.runtime.partitioning import Partitioner
+from ptjf.training import init_from, metrics_io, state_layout
 from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
 from ptjf.training.trainer import plan_vocabulary
 
@@ -92,7 +93,7 @@ def switch(
     stg.make_tx(plan, index)  # the stage's optimizer and schedule fail now, not at `ptjf train`
     config = config or TransformerConfig(vocab_size=padded_vocab_size(plan_vocabulary(plan)))
     partitioner = partitioner or Partitioner()
-    target_params = stage_state.sharded_params_target(partitioner, config)
+    target_params = state_layout.sharded_params_target(partitioner, config)
 
     def load_params() -> Any:
         # Straight onto this mesh, whatever mesh wrote the source (resharding), checked
