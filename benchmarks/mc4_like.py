@@ -14,10 +14,11 @@ files of its own (SeqIO shards by file when there are at least as many files as 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.text import c4 as tfds_c4
 
 SYLLABLES = {
     "en": "ba be bi bo bu ka ke ki ko ku ta te ti to tu wa we wi wo",
@@ -44,12 +45,28 @@ def document(lang: str, doc: int, words: int) -> str:
     return "\n".join(lines) + f" {doc}"
 
 
-def builder_class(docs: Mapping[str, int], words_per_doc: int, validation_docs: int = 3) -> type:
-    """A c4/multilingual:3.1.0 builder over `docs` training documents per language."""
+# The name, config and version of TFDS's own mC4 builder, which ptjf's mC4 tasks open.
+[REAL_CONFIG] = [c for c in tfds_c4.C4.BUILDER_CONFIGS if c.name == "multilingual"]
+
+
+def builder_class(
+    docs: Mapping[str, int],
+    words_per_doc: int,
+    validation_docs: int = MIN_VALIDATION_DOCS,
+    *,
+    text: Callable[[str, int], str] | None = None,
+    validation_first: int = 1_000_000,
+) -> type:
+    """A c4/multilingual builder over `docs` training documents per language and
+    `validation_docs` validation documents (numbered from `validation_first`). `text(lang, doc)`
+    writes a document; by default `document(lang, doc, words_per_doc)`."""
+    write = text or (lambda lang, d: document(lang, d, words_per_doc))
 
     class MadeUpC4(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-        name = "c4"
-        BUILDER_CONFIGS = (tfds.core.BuilderConfig(name="multilingual", version="3.1.0"),)
+        name = tfds_c4.C4.name
+        BUILDER_CONFIGS = (
+            tfds.core.BuilderConfig(name=REAL_CONFIG.name, version=REAL_CONFIG.version),
+        )
 
         def _info(self):
             return tfds.core.DatasetInfo(
@@ -62,20 +79,20 @@ def builder_class(docs: Mapping[str, int], words_per_doc: int, validation_docs: 
             for lang, n in docs.items():
                 splits[lang] = self._docs(lang, range(n))
                 splits[f"{lang}-validation"] = self._docs(
-                    lang, range(1_000_000, 1_000_000 + validation_docs)
+                    lang, range(validation_first, validation_first + validation_docs)
                 )
             return splits
 
         def _docs(self, lang, numbers):
             for d in numbers:
-                text = document(lang, d, words_per_doc)
+                body = write(lang, d)
                 yield (
                     f"{lang}{d}",
                     {
-                        "text": text,
+                        "text": body,
                         "url": f"https://example.org/{lang}/{d}",
                         "content-type": "text/plain",
-                        "content-length": str(len(text)),
+                        "content-length": str(len(body)),
                         "timestamp": "2020-01-01T00:00:00Z",
                     },
                 )
@@ -97,7 +114,7 @@ def prepare(
         raise ValueError(f"docs={dict(docs)}: every language needs >= {num_shards} documents.")
     validation = max(MIN_VALIDATION_DOCS, num_shards or 0)
     builder = builder_class(docs, words_per_doc, validation)(
-        config="multilingual", data_dir=data_dir
+        config=REAL_CONFIG.name, data_dir=data_dir
     )
     if not builder.is_prepared():
         config = tfds.download.DownloadConfig(num_shards=num_shards) if num_shards else None

@@ -2,7 +2,9 @@
 
 The data flow of a run follows the package layout: `ptjf.tasks` (SeqIO registrations) →
 `ptjf.sampling` (mixing rates) → `ptjf.data` (vocabularies, preprocessors, batches) →
-`ptjf.models` → `ptjf.training` → `ptjf.checkpoints.checkpointer` → `ptjf.stages` → `ptjf.experiments`.
+`ptjf.models` → `ptjf.training` → `ptjf.checkpoints` → `ptjf.stages` → `ptjf.experiments`, with
+`ptjf.runtime` (the machines) and `ptjf.commands` (the command line) around them. One line per
+module: docs/architecture.md.
 """
 
 import time as _time

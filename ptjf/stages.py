@@ -2,7 +2,7 @@
 
 A `Stage` is a mixture (or task), a number of steps, an optimizer, a learning-rate schedule
 and what it carries over from the stage before it. A `Plan` is a list of stages. The paper's
-methods are all plans of one or two stages (DESIGN.md's table):
+methods are all plans of one or two stages:
 
 | method                  | stage 1                    | stage 2                                   |
 |-------------------------|----------------------------|-------------------------------------------|
@@ -149,7 +149,11 @@ def stage_schedule(plan: Plan, index: int) -> optax.Schedule:
     """The learning rate of stage `index` as a function of its optimizer's step count.
 
     With `reset_schedule=False` the stage's own schedule continues from where the previous
-    stage's count left off (the optimizer state is fresh, so its count starts at 0 again).
+    stage's count left off (the optimizer state is fresh, so its count starts at 0 again). A
+    stage that carries the previous optimizer state (`carries_optimizer`) gets that state's
+    count, which began when the state was last fresh: the schedule adds the steps between the
+    schedule's last reset and then. The trainer logs the learning rate from the same count
+    (`ptjf.training.steps.schedule_count`), so the logged rate is the applied one.
     """
     stage = plan.stages[index]
     if stage.reset_schedule or index == 0:
@@ -161,7 +165,14 @@ def stage_schedule(plan: Plan, index: int) -> optax.Schedule:
             break
     inner = schedules.make_schedule(stage.schedule, offset + stage.steps)
     if stage.carries_optimizer:
-        return inner  # the carried count already includes the offset
+        counted = 0  # the steps the carried count already holds
+        for prev in reversed(plan.stages[:index]):
+            counted += prev.steps
+            if not prev.carries_optimizer:
+                break  # its optimizer state began fresh
+        offset -= counted  # >= 0: a stage that resets its schedule resets its optimizer too
+        if not offset:
+            return inner
     return lambda count: inner(count + offset)
 
 
@@ -176,7 +187,13 @@ def switch_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
 
 
 def carry_state(previous: TrainState) -> TrainState:
-    """A stage that keeps the previous optimizer state (no reset): only the step restarts."""
+    """A stage that keeps the previous optimizer state (no reset): only the step restarts.
+
+    The step is the stage-local one that names its checkpoints (`MODEL_DIR/<stage>/<step>`),
+    positions its data and ends it at `Stage.steps`, so it restarts; the optimizer's own count
+    goes on inside the carried state, and both the applied and the logged learning rate are
+    the schedule at that count (`stage_schedule`, `ptjf.training.steps.schedule_count`).
+    """
     return previous.replace(step=jnp.zeros((), jnp.int32))
 
 

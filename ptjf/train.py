@@ -12,7 +12,8 @@ __all__ = ["main", "run"]
 def main(argv: Sequence[str] | None = None) -> int:
     from ptjf.commands.cli import main as cli_main
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    # Run as a script (argv None), library output goes to the run's log file as with `ptjf`.
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)], route_output=argv is None)
 
 
 if __name__ == "__main__":

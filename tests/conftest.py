@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The benchmarks' data builders (mc4_like: a made-up c4/multilingual in TFDS format) serve the
+# tests too.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import pytest
 
@@ -53,3 +58,14 @@ def gcs_emulator():
 def gcs_bucket(gcs_emulator) -> str:
     """A fresh bucket on the emulator, as `gs://NAME`."""
     return f"gs://{gcs_emulator.bucket()}"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory, bible_vocab):
+    """`ptjf demo --quick` run once as a program, as a user runs it: (its completed process,
+    stdout and stderr together; its model dir). Shared by the demo's and the console's tests."""
+    from console_runs import run_ptjf
+
+    tmp = tmp_path_factory.mktemp("quick_demo")
+    model_dir = tmp / "demo"
+    return run_ptjf(["demo", "--quick", "--model_dir", str(model_dir)], tmp), model_dir

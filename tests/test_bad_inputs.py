@@ -301,3 +301,60 @@ def test_an_unreadable_point_json_names_the_file_and_the_fix(tmp_path):
     message = str(err.value)
     assert message.startswith(f"Cannot read {run / 'point.json'}: ")
     assert "point.json is written by `ptjf sweep`; fix or delete it" in message
+
+
+# --- DatasetConfig bindings the trainer would override ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("binding", "message"),
+    [
+        ("--gin.DatasetConfig.seed=3", "DatasetConfig.seed = 3 is bound, but the trainer sets"),
+        ("--gin.DatasetConfig.pack=False", "Remove it and set train.pack instead."),
+        ("--gin.DatasetConfig.batch_size=64", "set BATCH_SIZE (train.batch_size) instead"),
+        (
+            "--gin.DatasetConfig.rates={'bible_translate_en_fr': 1.0}",
+            "set Stage.rates (the run file's rate macros, e.g. MIXTURE_RATES) instead",
+        ),
+    ],
+)
+def test_dataset_config_bindings_the_trainer_overrides_are_refused(
+    binding, message, tmp_path, capsys
+):
+    model_dir = tmp_path / "run"
+    assert cli.main([*TRAIN, binding, f"--gin.MODEL_DIR={model_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ptjf train: error: ")
+    assert message in err and "Traceback" not in err
+    assert not model_dir.exists()
+
+
+def test_dataset_config_bindings_the_trainer_leaves_alone_are_accepted():
+    import gin
+
+    from ptjf.training.run_checks import check_dataset_bindings
+
+    check_dataset_bindings()  # nothing bound
+    gin.parse_config("DatasetConfig.shuffle = False\nDatasetConfig.module = 'ptjf.tasks'")
+    check_dataset_bindings()  # split, shuffle and module are not set by the trainer
+
+
+def test_switch_refuses_a_target_that_ptjf_train_would_not_read(tmp_path, capsys):
+    # `ptjf train` with these gin files reads the joint stage from MODEL_DIR/joint only: a
+    # stage start anywhere else is never read and the run would pre-train from scratch.
+    source, run = tmp_path / "src" / "pretrain", tmp_path / "run"
+    _save(source, (2,))
+    switch = ["switch", f"--from={source}", *TRAIN[1:], f"--gin.MODEL_DIR={run}"]
+    for wrong in (tmp_path / "other" / "joint", run / "pretrain", run / "joint" / "0"):
+        assert cli.main([*switch, f"--to={wrong}"]) == 2
+        err = capsys.readouterr().err
+        assert f"--to '{wrong}' is not the directory `ptjf train` reads stage 'joint' from: " in err
+        assert f"MODEL_DIR/joint = '{run / 'joint'}'" in err and f"--to={run / 'joint'}" in err
+        assert not wrong.exists()
+    assert not run.exists()  # nothing written anywhere
+    # The same directory spelled differently is the one the trainer reads, local or gs://.
+    plan = stg.Plan(stages=[stg.Stage(name="joint", mixture_or_task_name=MIXTURE, steps=1)])
+    sw.check_target(f"{run}/./joint/", str(run), plan)
+    sw.check_target("gs://b/run//joint/", "gs://b/run/", plan)
+    with pytest.raises(ConfigError, match=r"MODEL_DIR/joint = 'gs://b/run/joint'"):
+        sw.check_target("gs://b/other/joint", "gs://b/run", plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, NamedTuple
@@ -201,6 +202,9 @@ def test_stage_start_holds_no_optimizer_state_and_a_full_restore_says_what_to_do
         "holds the parameters but no optimizer state (the stage builds a fresh one). Start the "
         "stage from it with `ptjf train`"
     ) in str(err.value)
+    # What it points to for a params-only start is what works, not a knob nothing reads.
+    assert "`Stage.init_from=PATH`, `ptjf switch --from=PATH`" in str(err.value)
+    assert "RestoreConfig" not in str(err.value)
     # A full checkpoint is no stage start, nor is one that lost its optimizer state: that one
     # is damaged, and a full restore names the missing item.
     ckpt = saved(tmp_path / "pretrain")
@@ -248,10 +252,13 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     assert "in the checkpoint but not in the model: emb" in msg
 
 
-def test_other_optimizer_state_points_to_params_only(tmp_path):
+def test_other_optimizer_state_points_to_a_parameters_only_start(tmp_path):
     ckpt = saved(tmp_path)
     sgd_state = make_state(tx=optax.sgd(0.1, momentum=0.9))
-    with pytest.raises(CheckpointError, match=r"item 'opt_state'.*0/trace/emb.*params_only=True"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"item 'opt_state'.*0/trace/emb.*parameters only.*ptjf switch --from=PATH",
+    ):
         ckpt.restore(target_state=abstract(sgd_state))
 
 
@@ -403,7 +410,7 @@ def test_parse_checkpoint_path(path, expected):
 def test_restore_config_modes(tmp_path):
     saved(tmp_path / "pretrain", steps=(10, 20))
     stage = str(tmp_path / "pretrain")
-    assert ck.RestoreConfig(stage, "latest", params_only=True).resolve() == (stage, 20)
+    assert ck.RestoreConfig(stage, "latest").resolve() == (stage, 20)
     assert ck.RestoreConfig(f"{stage}/10", "specific").resolve() == (stage, 10)
     with pytest.raises(CheckpointError, match="steps that exist: 10, 20"):
         ck.RestoreConfig(f"{stage}/15", "specific").resolve()
@@ -413,6 +420,16 @@ def test_restore_config_modes(tmp_path):
         ck.RestoreConfig(f"{stage}/10", "latest")
     with pytest.raises(ConfigError, match="'latest'"):
         ck.RestoreConfig(stage, "newest")
+
+
+def test_restore_config_is_no_gin_knob_that_nothing_reads():
+    # No run reads a RestoreConfig (a stage starts from Stage.init_from or `ptjf switch`), so a
+    # binding of it is refused by name instead of being silently ignored.
+    from ptjf import config as ptjf_config
+
+    with pytest.raises(ConfigError, match=r"Unknown gin configurable 'RestoreConfig'"):
+        ptjf_config.parse_gin([], ["RestoreConfig.path = '/m/pretrain'"], finalize=False)
+    assert "params_only" not in {f.name for f in dataclasses.fields(ck.RestoreConfig)}
 
 
 def test_checkpoint_config_validation_and_gin():

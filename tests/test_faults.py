@@ -169,7 +169,23 @@ def _stopped_after_joint_step_6(reference: Path, tmp_path: Path) -> Path:
     return model_dir
 
 
-@pytest.mark.parametrize("damage", ["missing", "damaged"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "missing",
+        # The damaged file's detection is tested cheaply in tests/test_input_resume.py; the
+        # full run after it, like the missing one's, only in the full form.
+        pytest.param(
+            "damaged",
+            marks=[
+                pytest.mark.slow,
+                pytest.mark.skipif(
+                    os.environ.get("PTJF_SLOW") != "1", reason="full form only (PTJF_SLOW=1)"
+                ),
+            ],
+        ),
+    ],
+)
 def test_a_step_without_a_usable_input_state_replays_with_a_warning(
     reference, tmp_path, damage, caplog
 ):

@@ -99,7 +99,20 @@ def test_reference_nmt_model_is_mostly_logits_and_mlp():
     breakdown = flops.forward_flops_breakdown(config, 32, 64, 64)
     assert breakdown["logits"] == 67_108_864_000
     assert breakdown["encoder_mlp"] == 3 * 2 * (2 * 2048 * 512 * 2048)
-    assert flops.model_flops_per_step(config, 32, 64, 64) == pytest.approx(4.794e11, rel=1e-3)
+    # The whole step, derived by hand from the dimensions (flops.py's convention: 2 FLOPs per
+    # multiply-add, only matmuls, step = 3 x forward). B = 32, L = 64 on both sides, so
+    # T = B * L = 2048 tokens each; d_model = 512; 8 heads x 64 = 512; mlp 2048, 1 input
+    # (not gated); vocabulary 32000; 3 + 3 layers.
+    B, L, T, d, hd, heads, head_dim, ff, V = 32, 64, 2048, 512, 512, 8, 64, 2048, 32000
+    # An attention block: query, key, value, out projections (2*T*d*hd each) + QK^T and AV
+    # (2*L*L*head_dim each, per example and head). Cross-attention's key length is the
+    # encoder's, 64 here too, so it costs the same as self-attention.
+    attention = 4 * (2 * T * d * hd) + 2 * (2 * B * heads * L * L * head_dim)
+    mlp = (1 + 1) * (2 * T * d * ff)  # one input projection, one output projection
+    logits = 2 * T * d * V
+    forward = 3 * (attention + mlp) + 3 * (2 * attention + mlp) + logits
+    # attention = 4_563_402_752, mlp = 8_589_934_592, forward = 159_719_096_320
+    assert flops.model_flops_per_step(config, 32, 64, 64) == 3 * forward  # 4.79157e11
 
 
 def test_rejects_non_positive_lengths():

@@ -6,11 +6,11 @@ from __future__ import annotations
 import collections
 import math
 
+import mc4_like
 import numpy as np
 import ptjf.tasks as T
 import pytest
 import seqio
-import tensorflow_datasets as tfds
 from ptjf.tasks import mc4
 from tensorflow_datasets.text import c4 as tfds_c4
 
@@ -31,6 +31,10 @@ SYLLABLES = {
 DOCS = {"en": 40, "hi": 24, "gu": 12, "gd": 8, "sw": 10}
 LINES_PER_DOC = 3
 PROBLEM = "mc4_test"
+# TFDS's own c4 builder and its `multilingual` config: the dataset name and version mC4 has in
+# the installed TFDS, independent of the constants in tasks/mc4.py.
+[REAL_MC4_CONFIG] = [c for c in tfds_c4.C4.BUILDER_CONFIGS if c.name == "multilingual"]
+REAL_MC4 = f"{tfds_c4.C4.name}/{REAL_MC4_CONFIG.name}:{REAL_MC4_CONFIG.version}"
 LENGTHS = {"inputs": 128, "targets": 64}
 
 
@@ -46,48 +50,15 @@ def _doc(lang: str, doc: int) -> str:
     return "\n".join(_line(lang, doc, i) for i in range(LINES_PER_DOC))
 
 
-class FakeC4(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """c4/multilingual:3.1.0 with the real features and split names, tiny and made up."""
-
-    name = "c4"
-    BUILDER_CONFIGS = (tfds.core.BuilderConfig(name="multilingual", version="3.1.0"),)
-    FEATURES = ("text", "url", "content-type", "content-length", "timestamp")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict({k: tfds.features.Text() for k in self.FEATURES}),
-        )
-
-    def _split_generators(self, dl_manager):
-        splits = {}
-        for lang, n in DOCS.items():
-            splits[lang] = self._docs(lang, range(n))
-            splits[f"{lang}-validation"] = self._docs(lang, range(1000, 1003))
-        return splits
-
-    def _docs(self, lang, docs):
-        for d in docs:
-            text = _doc(lang, d)
-            yield (
-                f"{lang}{d}",
-                {
-                    "text": text,
-                    "url": f"https://example.org/{lang}/{d}",
-                    "content-type": "text/plain",
-                    "content-length": str(len(text)),
-                    "timestamp": "2020-01-01T00:00:00Z",
-                },
-            )
-
-    def _generate_examples(self):
-        raise NotImplementedError  # the splits above generate their own examples
+# TFDS's c4/multilingual (name and version from its real builder) with the real features and
+# split names, tiny and made up.
+FakeC4 = mc4_like.builder_class(DOCS, 0, text=_doc, validation_first=1000)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tfds"))
-    FakeC4(config="multilingual", data_dir=root).download_and_prepare()
+    FakeC4(config=REAL_MC4_CONFIG.name, data_dir=root).download_and_prepare()
     return root
 
 
@@ -152,7 +123,8 @@ def test_language_codes_are_tfds_split_names():
     assert len(mc4.LANGUAGES) == 107 and len({c.split("-")[0] for c in mc4.LANGUAGES}) == 101
     assert mc4.task_name("mc4", "hi-Latn") == "mc4.hi_Latn"
     source = seqio.get_mixture_or_task("mc4.gd").source
-    assert source.tfds_name == "c4/multilingual:3.1.0"
+    # The name and version the task opens are those TFDS's own c4 builder registers.
+    assert source.tfds_name == REAL_MC4
     assert source._split_map == {"train": "gd", "validation": "gd-validation"}
 
 
@@ -198,8 +170,8 @@ def test_unprepared_mc4_names_dir_and_build_command(tmp_path, monkeypatch):
     with pytest.raises(DataError) as e:
         T.task_size("mc4.gd")
     msg = str(e.value)
-    assert "'c4/multilingual:3.1.0' is not prepared" in msg
-    assert f"tfds build c4/multilingual:3.1.0 --data_dir={tmp_path}\n" in msg
+    assert f"'{REAL_MC4}' is not prepared" in msg
+    assert f"tfds build {REAL_MC4} --data_dir={tmp_path}\n" in msg
     assert "DataflowRunner" in msg and "apache-beam" in msg
 
 

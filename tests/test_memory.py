@@ -385,7 +385,7 @@ import jax, numpy as np, optax
 from ptjf import stages
 from ptjf.models.config import TransformerConfig
 from ptjf.runtime.partitioning import Partitioner, standard_logical_axis_rules
-from ptjf.training import stage_state
+from ptjf.training import state_layout
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer
 
 config = TransformerConfig(**json.loads(sys.argv[1]))

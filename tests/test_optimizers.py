@@ -169,3 +169,53 @@ def test_gin_configurable():
     finally:
         gin.clear_config()
     assert config == paper_mc4_adafactor()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "owner"),
+    [
+        ({"name": "adam", "momentum": 0.9}, "momentum", "Adafactor"),
+        ({"name": "adam", "factored": False}, "factored", "Adafactor"),
+        ({"name": "adamw", "decay_rate": 0.5}, "decay_rate", "Adafactor"),
+        ({"name": "adam", "min_dim_size_to_factor": 16}, "min_dim_size_to_factor", "Adafactor"),
+        ({"name": "adam", "clipping_threshold": None}, "clipping_threshold", "Adafactor"),
+        (
+            {"name": "adam", "multiply_by_parameter_scale": False},
+            "multiply_by_parameter_scale",
+            "Adafactor",
+        ),
+        ({"name": "adafactor", "b1": 0.8}, "b1", "Adam"),
+        ({"name": "adafactor", "b2": 0.98}, "b2", "Adam"),
+    ],
+)
+def test_an_option_of_the_other_optimizer_is_refused(kwargs, field, owner):
+    with pytest.raises(ConfigError) as err:
+        OptimizerConfig(**kwargs)
+    message = str(err.value)
+    assert message.startswith(f"OptimizerConfig.{field} = {kwargs[field]!r} is an option of ")
+    assert f"is an option of {owner} (" in message
+    assert f"the optimizer in use is OptimizerConfig.name = {kwargs['name']!r}" in message
+
+
+def test_defaults_of_the_other_optimizer_are_not_refused():
+    # Every field at its default, and the helpers that spell Adafactor's defaults out.
+    for name in ("adam", "adamw", "adafactor"):
+        OptimizerConfig(name=name)
+    OptimizerConfig(name="adam", decay_rate=0.8, factored=True, momentum=None, eps=1e-6)
+    assert t5_adafactor().b1 == OptimizerConfig().b1
+    paper_mc4_adafactor()
+
+
+def test_an_adafactor_option_bound_in_gin_for_adam_is_refused_by_name():
+    with gin.unlock_config():
+        gin.parse_config("OptimizerConfig.name = 'adam'\nOptimizerConfig.momentum = 0.9")
+    try:
+        with pytest.raises(ConfigError) as err:
+            OptimizerConfig()
+    finally:
+        gin.clear_config()
+    assert (
+        "OptimizerConfig.momentum = 0.9 is an option of Adafactor ('adafactor'), but the "
+        "optimizer in use is OptimizerConfig.name = 'adam', which ignores it. Remove the "
+        "momentum setting"
+    ) in str(err.value)

@@ -193,10 +193,19 @@ def test_ptjf_switch_cli_writes_a_stage_start_checkpoint(ptjf_run, tmp_path, cap
     assert meta["lineage"] == {"parent_path": str(model_dir / "pretrain"), "parent_step": 2}
     # No optimizer state is written: `ptjf train` builds the fresh one, as the in-process switch.
     assert meta["optimizer_state"] == "fresh" and not (target / "0" / "opt_state").exists()
-    # Training with the same gin files starts the joint stage from that checkpoint.
-    summary = run_plan(tmp_path / "run", "PRETRAIN_STEPS = 2")
+    # Training with the same gin files starts the joint stage from that checkpoint, numbered
+    # from the source's global step 2 (not from the plan's PRETRAIN_STEPS = 4).
+    assert meta["global_step"] == 2
+    summary = run_plan(tmp_path / "run")
     assert summary.global_step == 6
-    assert read_metrics(tmp_path / "run")[0]["stage"] == "joint"
+    records = read_metrics(tmp_path / "run")
+    assert [(r["stage"], r["stage_step"], r["global_step"]) for r in records] == [
+        ("joint", 0, 2),
+        ("joint", 2, 4),
+        ("joint", 4, 6),
+    ]
+    with ckpt.StageCheckpointer(target, read_only=True) as c:
+        assert c.read_metadata(4)["global_step"] == 6
 
 
 def test_switch_into_a_different_model_names_the_first_mismatch(ptjf_run, tmp_path, capsys):

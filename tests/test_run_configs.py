@@ -1,4 +1,4 @@
-"""The five methods' run files build the plans of DESIGN.md's table, and each one trains."""
+"""The five methods' run files build the plans of `ptjf.stages`' table, and each one trains."""
 
 from __future__ import annotations
 

@@ -98,3 +98,76 @@ def test_carry_state_keeps_the_optimizer_state_and_restarts_the_step():
     assert int(carried.step) == 0 and int(state.step) == 1
     jax.tree.map(np.testing.assert_array_equal, carried.opt_state, state.opt_state)
     assert float(jnp.abs(carried.opt_state[0].mu["w"]).sum()) > 0
+
+
+def test_carried_stage_logs_the_learning_rate_its_optimizer_applies():
+    # A plan cut in two without resets: the second stage keeps the first's Adam state, whose
+    # count (which drives the schedule inside the optimizer) goes on from 6 while the
+    # stage-local step restarts at 0. Every gradient is all ones, so Adam's bias-corrected
+    # moments are exactly 1 and each update is -lr / (1 + eps): the learning rate applied.
+    from ptjf.models import EncoderDecoder, init_params, preset
+    from ptjf.training import steps
+    from ptjf.training.evaluation import make_apply_fn
+
+    schedule = ScheduleConfig(name="warmup_cosine", peak_lr=1e-2, warmup_steps=2)
+    plan = stg.Plan(
+        stages=[
+            stg.Stage(name="a", mixture_or_task_name="bible_en_fr_tl", steps=6, schedule=schedule),
+            stg.Stage(
+                name="b",
+                mixture_or_task_name="bible_en_fr_tl",
+                steps=4,
+                schedule=schedule,
+                reset_optimizer=False,
+                reset_schedule=False,
+            ),
+        ]
+    )
+    config = preset("tiny", 64)
+    tx_a, _ = stg.make_tx(plan, 0)
+    state = stg.switch_state(init_params(config, jax.random.key(0)), tx_a)
+    ones = jax.tree.map(jnp.ones_like, state.params)
+    for _ in range(plan.stages[0].steps):
+        state = state.apply_gradients(ones, tx_a)
+    tx_b, schedule_b = stg.make_tx(plan, 1)
+    state = stg.carry_state(state)
+    for _ in range(2):
+        state = state.apply_gradients(ones, tx_b)
+    assert int(state.step) == 2  # stage b's third update is next
+
+    applied = (
+        state.params["decoder"]["logits_dense"]["kernel"]
+        - state.apply_gradients(ones, tx_b).params["decoder"]["logits_dense"]["kernel"]
+    )
+    applied_lr = float(np.median(np.asarray(applied))) * (1 + 1e-8)
+    # The same update, run by the train step, and the learning rate it logs for it.
+    train_step = steps.make_train_step(
+        make_apply_fn(EncoderDecoder(config)), tx_b, schedule=schedule_b
+    )
+    tokens = jnp.ones((2, 4), jnp.int32)
+    batch = {
+        "encoder_input_tokens": tokens,
+        "decoder_input_tokens": tokens,
+        "decoder_target_tokens": tokens,
+        "decoder_loss_weights": jnp.ones((2, 4), jnp.float32),
+    }
+    _, metrics = jax.jit(train_step)(state, batch, jax.random.key(1))
+    one_long = stg.schedules.make_schedule(schedule, 10)  # the uncut run's schedule
+    assert applied_lr == pytest.approx(float(one_long(8)), rel=1e-3)
+    assert float(metrics["learning_rate"]) == pytest.approx(applied_lr, rel=1e-3)
+
+
+def test_carried_optimizer_continues_the_schedule_from_where_its_count_began():
+    # b resets the optimizer but not the schedule; c carries b's optimizer state, whose count
+    # began at b's start (50 steps into the schedule), so c's step k is its count 30 + k.
+    plan = stg.Plan(
+        stages=[
+            _stage("a", 50),
+            _stage("b", 30, reset_schedule=False),
+            _stage("c", 20, reset_optimizer=False, reset_schedule=False),
+        ]
+    )
+    one_long = stg.schedules.make_schedule(COSINE, 100)
+    carried = stg.stage_schedule(plan, 2)  # evaluated at the carried optimizer's count
+    for step in (0, 7, 19):
+        assert float(carried(30 + step)) == pytest.approx(float(one_long(80 + step)), rel=1e-6)

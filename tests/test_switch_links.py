@@ -119,7 +119,7 @@ def test_switched_step_links_the_params_and_holds_no_optimizer_state(
         assert set(c._manager.metadata(0).item_metadata) >= {"params", "step", "metadata"}
         with pytest.raises(CheckpointError, match="no optimizer state") as err:
             c.restore(0, target_state=jax.eval_shape(lambda: source_state))
-    assert "`ptjf train`" in str(err.value) and "params_only=True" in str(err.value)
+    assert "`ptjf train`" in str(err.value) and "restore_params" in str(err.value)
     source_fingerprint = integrity.fingerprint(source_state.params)
     assert meta == {
         "stage_index": 1,
@@ -280,3 +280,29 @@ def test_the_trainer_starts_a_switched_stage_exactly_as_the_in_process_switch(so
     )
     assert int(resumed.step) == 0
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(resumed.opt_state))
+
+
+def test_switched_step_records_the_global_step_of_the_source(source_state, tmp_path):
+    # Forked from step 2 of a pre-training the plan gives 4 steps: the joint stage starts at
+    # global step 2 (where its parameters were), not at PLAN.steps_before(1) == 4.
+    early = tmp_path / "a" / "pretrain"
+    meta = ck.checkpoint_metadata(
+        stage_index=0, stage_name="pretrain", global_step=2, data_position={"batches": 2}
+    )
+    with ck.StageCheckpointer(early, SYNC) as c:
+        assert c.save(2, source_state, meta, force=True)
+    target = tmp_path / "b" / "joint"
+    assert run_switch(early, target) == (str(early), 2)
+    assert PLAN.steps_before(1) == SOURCE_STEP != 2
+    with ck.StageCheckpointer(target, read_only=True) as c:
+        switched = c.read_metadata(0)
+    assert switched["global_step"] == 2
+    assert switched["lineage"] == {"parent_path": str(early), "parent_step": 2}
+
+
+def test_without_a_target_the_switch_writes_model_dir_slash_stage(source, tmp_path):
+    run = tmp_path / "b"
+    assert switch.switch(
+        str(source), None, PLAN, stage="joint", config=CONFIG, model_dir=str(run)
+    ) == (str(source), SOURCE_STEP)
+    assert ck.finalized_steps(run / "joint") == [0] and sorted(os.listdir(run)) == ["joint"]

@@ -39,7 +39,6 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,19 +60,20 @@ PARAMS, STEP, METADATA = "params", "step", "metadata"
 OPTIMIZER_STATE, FRESH = "optimizer_state", "fresh"
 
 
-@gin.configurable("RestoreConfig")
 @dataclasses.dataclass(frozen=True)
 class RestoreConfig:
-    """Where a stage starts from (T5X's restore-config idea: one small object, not flags).
+    """A checkpoint path resolved to (stage directory, step), as `ptjf` commands name one.
 
-    path: a stage directory (`mode="latest"`) or a step directory `DIR/STEP`
-        (`mode="specific"`). params_only: restore parameters and start a fresh optimizer state
-        and schedule (the stage switch); False resumes the full train state.
+    path: a stage directory (`mode="latest"`: its newest finalised step) or a step directory
+        `DIR/STEP` (`mode="specific"`).
+
+    Not a gin configurable and not where a run starts a stage: a run resumes each stage from its
+    own newest checkpoint in MODEL_DIR, and a stage starts from another checkpoint's parameters
+    (fresh optimizer state and schedule) with `Stage.init_from=PATH` or `ptjf switch --from=PATH`.
     """
 
     path: str
     mode: Literal["latest", "specific"] = "latest"
-    params_only: bool = False
 
     def __post_init__(self):
         if self.mode not in ("latest", "specific"):
@@ -487,7 +487,8 @@ class StageCheckpointer:
                 f"Checkpoint {self._location(step)} is a stage start written by `ptjf switch`: "
                 "it holds the parameters but no optimizer state (the stage builds a fresh one). "
                 "Start the stage from it with `ptjf train` (same gin files and MODEL_DIR), or "
-                "restore its parameters only (restore_params, RestoreConfig(params_only=True))."
+                "start a stage from its parameters only (`Stage.init_from=PATH`, "
+                "`ptjf switch --from=PATH`; in code, StageCheckpointer.restore_params)."
             )
         cast = self._validate(step, PARAMS, target_params)
         cast |= self._validate(step, OPT_STATE, target_opt)

@@ -63,8 +63,8 @@ def check_fits(
     if item == OPT_STATE:
         fix = (
             "The optimizer differs from the one that wrote the checkpoint: configure the same "
-            "optimizer to resume, or restore parameters only (params_only=True) to start a "
-            "fresh optimizer state."
+            "optimizer to resume, or start a new stage from its parameters only, with a fresh "
+            "optimizer state (`ptjf switch --from=PATH`, or `Stage.init_from=PATH`)."
         )
     else:
         fix = (

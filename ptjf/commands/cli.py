@@ -8,107 +8,16 @@ done from Python. Errors that ptjf raises for bad input are printed as one clear
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+from ptjf.commands import rates
+from ptjf.commands.rates import format_table
 from ptjf.errors import PtjfError, UnknownNameError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def _format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        cells = [
-            str(c).rjust(w) if i else str(c).ljust(w)
-            for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append("  ".join(cells))
-    return "\n".join(lines)
-
-
-def cmd_rates(args: argparse.Namespace) -> int:
-    """Prints each task's size, rate and the epochs it would see over `--examples`."""
-    from ptjf import sampling
-
-    weights, tau = None, args.tau
-    if args.sizes:
-        sizes, what, default_method = sampling.parse_sizes(args.sizes), "sizes given by hand", None
-        unit = args.unit
-    elif args.mixture:
-        from ptjf import tasks
-
-        spec = tasks.mixture_spec(args.mixture)
-        sizes, what, default_method = spec.resolved_sizes(), f"mixture {args.mixture}", spec.method
-        weights = dict(spec.weights) if spec.weights else None
-        tau = tau if tau is not None else spec.tau
-        # Sizes the mixture was registered with keep their unit (mC4: characters); counted
-        # sizes are examples.
-        unit = spec.size_unit if spec.sizes else "examples"
-    else:
-        raise PtjfError("Give --mixture NAME or --sizes task=size,… (see `ptjf rates --help`).")
-    if args.weights:
-        weights = sampling.parse_weights(args.weights)
-    method = args.method or default_method or "proportional"
-    params: dict[str, object] = {"sizes": sizes}
-    if method == "static":
-        if weights is None:
-            raise PtjfError("--method static needs --weights task=w,… (or a static mixture).")
-        params["weights"] = weights
-    elif method == "temperature":
-        params["tau"] = tau
-    elif method == "unimax":
-        params.update(budget=args.budget, max_epochs=args.max_epochs)
-    rates = sampling.rates_for(method, unit=unit, **params)
-
-    total = (
-        args.examples
-        if args.examples is not None
-        else (args.budget if method == "unimax" else None)
-    )
-    epochs = sampling.epochs_seen(rates, sizes, total) if total is not None else None
-    header = ["task", f"size ({unit})", "rate"] + ([f"epochs over {total:g}"] if epochs else [])
-    rows = [
-        [t, f"{sizes[t]:g}", f"{r:.4f}"] + ([f"{epochs[t]:.3g}"] if epochs else [])
-        for t, r in rates.items()
-    ]
-    detail = {
-        "temperature": f" (tau={tau:g})" if tau is not None else "",
-        "unimax": f" (budget={args.budget:g}, max_epochs={args.max_epochs:g})"
-        if method == "unimax"
-        else "",
-    }.get(method, "")
-    print(f"{what} · method {method}{detail}")
-    print(_format_table(header, rows))
-    return 0
-
-
-def _rates_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "rates", help="show a mixture's sampling rates and the epochs each task sees"
-    )
-    p.add_argument("--mixture", help="a registered mixture, e.g. bible_en_fr_tl")
-    p.add_argument("--sizes", help="sizes by hand instead of a mixture: en=13396,hi=75,…")
-    p.add_argument(
-        "--unit",
-        default="examples",
-        choices=["examples", "characters", "tokens"],
-        help="what --sizes count (default examples)",
-    )
-    p.add_argument(
-        "--method",
-        choices=["static", "temperature", "proportional", "uniform", "unimax"],
-        help="rate method (default: the mixture's own, else proportional)",
-    )
-    p.add_argument("--weights", help="static weights: task=w,…")
-    p.add_argument("--tau", type=float, help="temperature τ (e.g. 3.33)")
-    p.add_argument("--budget", type=float, help="UniMax budget, in the sizes' unit")
-    p.add_argument("--max-epochs", type=float, dest="max_epochs", help="UniMax epoch cap per task")
-    p.add_argument("--examples", type=float, help="total examples drawn, to show epochs per task")
-    p.set_defaults(fn=cmd_rates)
 
 
 def _add_multihost_flags(p: argparse.ArgumentParser) -> None:
@@ -224,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f"ptjf eval: stage {record['stage']} step {record['stage_step']} "
         f"(global step {record['global_step']}); record appended to metrics.jsonl"
     )
-    print(_format_table(["task", "val loss", "val accuracy", "train loss", "BLEU"], rows))
+    print(format_table(["task", "val loss", "val accuracy", "train loss", "BLEU"], rows))
     return 0
 
 
@@ -241,23 +150,29 @@ def cmd_switch(args: argparse.Namespace) -> int:
     _join_multihost(args)
     gin_config.parse_gin(files, bindings)
     plan = stages.Plan()
-    if args.exist_ok and checkpoints.finalized_steps(storage.check_uri(args.target)):
-        print(f"ptjf switch: {args.target} already holds a checkpoint; nothing to do")
+    model_dir = switch.model_dir_from_gin()
+    if model_dir is None:
+        raise PtjfError(
+            "ptjf switch needs the run's MODEL_DIR (--gin.MODEL_DIR=...), the same as `ptjf "
+            "train`: the stage start goes to MODEL_DIR/<stage>, where the trainer reads it."
+        )
+    target = args.target or switch.stage_dir(model_dir, plan, args.stage)
+    if args.exist_ok and checkpoints.finalized_steps(storage.check_uri(target)):
+        print(f"ptjf switch: {target} already holds a checkpoint; nothing to do")
         return 0
     src, step = switch.switch(
         args.source,
-        args.target,
+        target,
         plan,
         stage=args.stage,
+        model_dir=model_dir,  # refuses a target `ptjf train` would not read
         checkpoint=checkpoints.CheckpointConfig(),
         verify=args.verify,
     )
     if args.copy_metrics and distributed.is_primary():
-        copied = switch.copy_metrics(src, step, args.target)
+        copied = switch.copy_metrics(src, step, target)
         print(f"ptjf switch: copied {copied} eval records of {storage.dirname(src)}")
-    print(
-        f"ptjf switch: parameters of {src} step {step} → {args.target} step 0 (fresh optimizer state)"
-    )
+    print(f"ptjf switch: parameters of {src} step {step} → {target} step 0 (fresh optimizer state)")
     return 0
 
 
@@ -348,7 +263,12 @@ def _switch_parser(sub: argparse._SubParsersAction) -> None:
         help="a ptjf stage DIR (latest step) or DIR/STEP, or a T5X checkpoint "
         "(.../checkpoint_<step>, orbax or legacy layout); local or gs://",
     )
-    p.add_argument("--to", dest="target", required=True, help="the target stage directory")
+    p.add_argument(
+        "--to",
+        dest="target",
+        help="the target stage directory: MODEL_DIR/<stage>, where `ptjf train` with the same "
+        "gin files reads the stage (the default; any other directory is refused)",
+    )
     p.add_argument("--stage", help="target stage of the gin plan (default: its last stage)")
     p.add_argument(
         "--copy_metrics",
@@ -444,7 +364,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _rates_parser,
+    rates.add_parser,
     _train_parser,
     _eval_parser,
     _switch_parser,
@@ -461,35 +381,144 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ptjf",
         description="Pre-training joint fine-tuning: staged multi-task training under imbalance.",
     )
+    parser.add_argument(
+        VERBOSE_FLAG,
+        action="store_true",
+        help="show every library's log lines (TensorFlow, XLA, JAX, absl, orbax) on the "
+        "terminal, as before; by default they go to MODEL_DIR/logs/libraries-<process>.log "
+        "(allowed anywhere on the command line)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for add in PARSERS:
         add(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, route_output: bool | None = None) -> int:
+    """Runs one `ptjf` command; returns its exit status.
+
+    `route_output` decides whether library output leaves the terminal (`ptjf.runtime.console`).
+    None means: only when `argv` is None, i.e. when this is the program — the `ptjf` console
+    script and `python -m ptjf.commands.cli` both call `main()` without arguments. Called
+    in-process with an argument list (tests, `ptjf.train.main`), file descriptor 2 is left
+    alone: pytest's capture and a caller's own logging own it.
+    """
+    raw = list(sys.argv[1:] if argv is None else argv)
+    verbose, raw = _take_verbose(raw)
+    if route_output is None:
+        route_output = argv is None
+    if route_output and not verbose:
+        from ptjf.runtime import console
+
+        # Before build_parser: building it imports TensorFlow and JAX, whose C++ logging
+        # writes to fd 2 from the first import on.
+        console.route_library_output()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(raw)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    args.verbose = verbose
     from ptjf.runtime import distributed, malloc_arenas
 
     malloc_arenas.limit_arenas()  # before any thread starts: a lower peak memory
+    _logs_to_model_dir(args, before_run=True)
 
     try:
-        return int(args.fn(args) or 0)
+        status = int(args.fn(args) or 0)
     except (PtjfError, UnknownNameError) as e:
         # gin appends "In call to configurable ..." lines: the user's message is the rest.
         message = "\n".join(
             line for line in str(e).splitlines() if not line.startswith("  In call to configurable")
         )
         print(f"ptjf {args.command}: error: {message}", file=sys.stderr)
+        _say_where_logs_are(args)
         distributed.stop_after_failure(e, 2)  # a multi-process run exits here, at once
         return 2
     except Exception as e:
+        _say_where_logs_are(args)
         distributed.stop_after_failure(e, 1, traceback=True)
         raise
+    _logs_to_model_dir(args, before_run=False)
+    if status:
+        _say_where_logs_are(args)
+    return status
+
+
+VERBOSE_FLAG = "--verbose"
+
+
+def _take_verbose(argv: list[str]) -> tuple[bool, list[str]]:
+    """Whether `--verbose` is given anywhere before a `--`, and argv without it.
+
+    It is a flag of the `ptjf` parser, yet `ptjf demo --verbose` must work as well, and the
+    decision is needed before the parser exists (building it imports TensorFlow).
+    """
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != VERBOSE_FLAG]
+    return len(kept) < end, kept + argv[end:]
+
+
+def _model_dir_of(args: argparse.Namespace, *, before_run: bool) -> str | None:
+    """The directory whose `logs/` keeps this command's library log, when there is one.
+
+    Before the run only what the flags say (`--model_dir`, `--sweep_dir`, `--gin.MODEL_DIR=`);
+    after it, also the `MODEL_DIR` the gin files bound.
+    """
+    for attr in ("model_dir", "sweep_dir"):
+        if getattr(args, attr, None):
+            return getattr(args, attr)
+    for arg in getattr(args, "extra", []):
+        if arg.startswith("--gin.MODEL_DIR="):
+            value = arg.split("=", 1)[1]
+            return value.strip("'\"") or None
+    if before_run:
+        return None
+    try:
+        import gin
+
+        value = gin.query_parameter("%MODEL_DIR")
+    except Exception:  # no gin, or MODEL_DIR unbound
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def _process_index(args: argparse.Namespace) -> int | None:
+    """This process's index for the log's name; None when not yet known (a pod before it
+    joins the others)."""
+    from ptjf.runtime import distributed
+
+    if distributed._initialized:
+        import jax
+
+        return jax.process_index()
+    if getattr(args, "process_index", None) is not None:
+        return int(args.process_index)
+    if distributed.cluster_from_environment() is None:
+        return 0
+    return None
+
+
+def _logs_to_model_dir(args: argparse.Namespace, *, before_run: bool) -> None:
+    """Moves the library log into the model dir once both it and the process index are known."""
+    from ptjf.runtime import console
+
+    routing = console.routing()
+    if routing is None or routing.in_model_dir:
+        return
+    model_dir = _model_dir_of(args, before_run=before_run)
+    index = _process_index(args)
+    if model_dir is not None and index is not None:
+        console.use_model_dir(model_dir, index)
+
+
+def _say_where_logs_are(args: argparse.Namespace) -> None:
+    """After a failure: one line naming the library log, which may say more."""
+    from ptjf.runtime import console
+
+    with contextlib.suppress(Exception):  # the failure matters more than where its log lands
+        _logs_to_model_dir(args, before_run=False)
+    console.say_where_logs_are(f"ptjf {args.command}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Runs `runs/ptjf.gin` and `runs/scalarization.gin` with `experiments/bible_demo.gin` (the same
 total steps and the same En→Tl rate), then prints each method's best and final validation loss
-per task from the runs' metrics.jsonl. Rerunning resumes or skips finished runs.
+per task from the runs' metrics.jsonl, a verdict computed from those numbers
+(`ptjf.experiments.verdict`), and writes `MODEL_DIR/report.md` with loss curves and the
+trade-off plane (`ptjf.experiments.demo_report`). Rerunning resumes or skips finished runs.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ import math
 from collections.abc import Mapping, Sequence
 
 from ptjf import storage
+from ptjf.errors import DataError
+from ptjf.experiments import demo_report, verdict
+from ptjf.experiments.results import clean_records
 from ptjf.training.metrics_io import read_metrics
 
 METHODS = {"ptjf": "runs/ptjf.gin", "scalarization": "runs/scalarization.gin"}
 EXPERIMENT = "experiments/bible_demo.gin"
+HIGH_RESOURCE_TASK = "bible_translate_en_fr"  # as in experiments/bible_demo.gin
+LOW_RESOURCE_TASK = "bible_translate_en_tl_low"
 QUICK = [
     "DEMO_TOTAL_STEPS = 6",
     "PRETRAIN_STEPS = 3",
@@ -79,12 +86,39 @@ def run_demo(model_dir: str = "runs/demo", *, quick: bool = False) -> list[dict]
         bindings = [f"MODEL_DIR = '{runs[method]}'"] + (QUICK if quick else [])
         train.run([run_file, EXPERIMENT], bindings)
     rows = summarize(runs)
+    table = format_summary(rows)
+    text = verdict_text(rows)
     print()
-    print(format_summary(rows))
+    print(table)
+    print()
+    print(text)
     print()
     for method, path in runs.items():
         print(
             f"{method}: metrics {storage.join(path, 'metrics.jsonl')}, TensorBoard "
             f"{storage.join(path, 'tb')}, checkpoints {storage.join(path, '<stage>')}/"
         )
+    report = demo_report.write_report(
+        storage.absolute(model_dir),
+        runs={m: clean_records(read_metrics(path)) for m, path in runs.items()},
+        rows=rows,
+        high=HIGH_RESOURCE_TASK,
+        low=LOW_RESOURCE_TASK,
+        verdict=text,
+        table=table,
+    )
+    print(f"report: {report.path}")
+    for figure in report.figures:
+        print(f"  figure: {figure}")
+    for reason in report.skipped:
+        print(f"  not drawn: {reason}")
     return rows
+
+
+def verdict_text(rows: Sequence[dict]) -> str:
+    """The verdict on PTJF vs scalarization, or why there is none (a method without evals)."""
+    try:
+        decided = verdict.decide(rows, ("ptjf", "scalarization"), LOW_RESOURCE_TASK)
+    except DataError as e:
+        return str(e)
+    return verdict.format_verdict(decided)

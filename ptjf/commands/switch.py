@@ -15,6 +15,13 @@ source's where the filesystem allows, objects copied by GCS itself when both are
 copy written by orbax otherwise (`ptjf.checkpoints.link`, which also says how a step is published
 on GCS, where no directory can be renamed atomically).
 
+The target is the directory `ptjf train` reads the stage from: `MODEL_DIR/<stage>` of the plan
+the same gin files give (`stage_dir`); the CLI refuses any other `--to` (a stage start that the
+trainer never reads would let it train the stage from scratch, silently) and defaults to it. The
+switched step's `global_step` is the source's (its metadata's, or a T5X checkpoint's step): the
+joint stage starts where its parameters were trained to, not where the plan's earlier stages
+would end.
+
 `copy_metrics` gives the new run its parent's eval history (the records up to the fork), so a
 point forked from a shared pre-training has a metrics log that covers its whole life (on local
 disk or `gs://`, either side).
@@ -23,6 +30,8 @@ disk or `gs://`, either side).
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from typing import Any
 
 from ptjf import stages as stg
@@ -38,12 +47,63 @@ from ptjf.training.metrics_io import METRICS_FILE, read_metrics, to_json_value
 from ptjf.training.trainer import plan_vocabulary
 
 
+def model_dir_from_gin() -> str | None:
+    """`train.model_dir` as the parsed gin config binds it (`MODEL_DIR`), or None."""
+    import gin
+
+    try:
+        value = gin.query_parameter("train.model_dir")
+    except ValueError:
+        return None
+    if isinstance(value, gin.config.ConfigurableReference):  # %MODEL_DIR: the macro's value
+        value = value.scoped_configurable_fn()
+    return None if value is None else os.fspath(value)
+
+
+def normalized(path: str) -> str:
+    """`path` normalised for comparison: a local path absolute with links resolved, a
+    `gs://` URI without repeated or trailing slashes."""
+    p = storage.check_uri(path)
+    if storage.is_remote(p):
+        return storage.GCS + posixpath.normpath(p[len(storage.GCS) :])
+    return os.path.realpath(p)
+
+
+def stage_dir(model_dir: str, plan: stg.Plan, stage: str | None = None) -> str:
+    """The directory `ptjf train` reads stage `stage` (default: the plan's last) from."""
+    return storage.join(storage.check_uri(model_dir), _stage_name(plan, stage))
+
+
+def check_target(target: str, model_dir: str, plan: stg.Plan, stage: str | None = None) -> None:
+    """Refuses a target that is not `MODEL_DIR/<stage>`: `ptjf train` would never read it."""
+    expected = stage_dir(model_dir, plan, stage)
+    if normalized(target) != normalized(expected):
+        name = _stage_name(plan, stage)
+        raise ConfigError(
+            f"--to {target!r} is not the directory `ptjf train` reads stage {name!r} from: "
+            f"MODEL_DIR/{name} = {expected!r}. A stage start anywhere else is never read, and "
+            f"the stage would train from scratch. Pass --to={expected} (or leave --to out), "
+            "or set --gin.MODEL_DIR to the run the target belongs to."
+        )
+
+
+def _stage_name(plan: stg.Plan, stage: str | None) -> str:
+    names = [s.name for s in plan.stages]
+    name = stage or names[-1]
+    if name not in names:
+        raise ConfigError(
+            f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME."
+        )
+    return name
+
+
 def switch(
     source: str,
-    target: str,
+    target: str | None,
     plan: stg.Plan,
     *,
     stage: str | None = None,
+    model_dir: str | None = None,
     checkpoint: ckpt.CheckpointConfig | None = None,
     partitioner: Partitioner | None = None,
     config: TransformerConfig | None = None,
@@ -56,16 +116,18 @@ def switch(
     vocabulary); `link=False` always writes a copy of the parameters. The parameters are
     linked without being read: the fingerprint the source recorded goes with them and the
     trainer checks it when it restores them; `verify=True` reads and checks them here too (a
-    corrupted source is then refused before anything is written). Returns the (source stage
-    directory, source step) the parameters came from.
+    corrupted source is then refused before anything is written). `model_dir`: the run's
+    MODEL_DIR; `target` must then be `MODEL_DIR/<stage>` (`check_target`), or None for it.
+    Returns the (source stage directory, source step) the parameters came from.
     """
-    names = [s.name for s in plan.stages]
-    name = stage or names[-1]
-    if name not in names:
-        raise ConfigError(
-            f"The plan has no stage {name!r}; its stages are {names}. Use --stage NAME."
-        )
-    index = names.index(name)
+    name = _stage_name(plan, stage)
+    index = [s.name for s in plan.stages].index(name)
+    if model_dir is not None:
+        if target is None:
+            target = stage_dir(model_dir, plan, name)
+        check_target(target, model_dir, plan, name)
+    if target is None:
+        raise ConfigError("switch() needs a target stage directory or the run's model_dir.")
     source, target = storage.check_uri(source), storage.check_uri(target)
     if init_from.is_t5x_checkpoint(source):
         return _switch_from_t5x(
@@ -112,7 +174,7 @@ def switch(
     metadata = ckpt.checkpoint_metadata(
         stage_index=index,
         stage_name=name,
-        global_step=plan.steps_before(index),
+        global_step=int(meta.get("global_step", src_step)),  # where the parameters were
         parent=(src_dir, src_step),
         data_position={"batches": 0},
         examples_seen=meta.get("examples_seen", {}),
@@ -195,7 +257,7 @@ def _switch_from_t5x(
     metadata = ckpt.checkpoint_metadata(
         stage_index=index,
         stage_name=plan.stages[index].name,
-        global_step=plan.steps_before(index),
+        global_step=int(parent[1] or 0),  # the T5X step: T5X counts over the whole run
         parent=parent,
         data_position={"batches": 0},
         examples_seen={},

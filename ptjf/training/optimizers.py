@@ -36,6 +36,16 @@ from ptjf.errors import ConfigError, UnknownNameError
 
 OPTIMIZER_NAMES = ("adam", "adamw", "adafactor")
 _DEFAULT_EPS = {"adam": 1e-8, "adamw": 1e-8, "adafactor": 1e-30}
+# Options that only one family of optimizers reads: set for the other, they would be ignored.
+_ADAM_ONLY = ("b1", "b2")
+_ADAFACTOR_ONLY = (
+    "factored",
+    "momentum",
+    "decay_rate",
+    "clipping_threshold",
+    "multiply_by_parameter_scale",
+    "min_dim_size_to_factor",
+)
 
 
 def _check(ok: bool, field: str, value, expected: str, fix: str = "") -> None:
@@ -51,6 +61,8 @@ class OptimizerConfig:
 
     Adafactor fields: `factored`, `momentum`, `decay_rate`, `clipping_threshold`,
     `multiply_by_parameter_scale`, `min_dim_size_to_factor`, `eps`, `weight_decay`.
+    An option of one family set away from its default while `name` selects the other is
+    refused (ConfigError): the optimizer in use would ignore it.
     """
 
     name: str = "adam"
@@ -74,6 +86,7 @@ class OptimizerConfig:
                 OPTIMIZER_NAMES,
                 hint="Set OptimizerConfig.name to one of the registered optimizers.",
             )
+        self._check_options_of_other_optimizer()
         _check(0.0 <= self.b1 < 1.0, "b1", self.b1, "a decay rate in [0, 1)", "Adam uses 0.9.")
         _check(0.0 <= self.b2 < 1.0, "b2", self.b2, "a decay rate in [0, 1)", "Adam uses 0.999.")
         _check(
@@ -121,6 +134,24 @@ class OptimizerConfig:
             "an integer >= 1",
             "T5 uses 128.",
         )
+
+    def _check_options_of_other_optimizer(self) -> None:
+        """Refuses an option of the other optimizer family set away from its default: the
+        optimizer in use would ignore it without a word (e.g. `momentum` with Adam)."""
+        if self.name == "adafactor":
+            foreign, owner, fix = _ADAM_ONLY, "Adam ('adam', 'adamw')", "Adafactor"
+        else:
+            foreign, owner, fix = _ADAFACTOR_ONLY, "Adafactor ('adafactor')", "Adam"
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for field in foreign:
+            value = getattr(self, field)
+            if value != defaults[field]:
+                raise ConfigError(
+                    f"OptimizerConfig.{field} = {value!r} is an option of {owner}, but the "
+                    f"optimizer in use is OptimizerConfig.name = {self.name!r}, which ignores it. "
+                    f"Remove the {field} setting, or set OptimizerConfig.name to the optimizer "
+                    f"it belongs to (it has no effect on {fix})."
+                )
 
     @property
     def resolved_eps(self) -> float:

@@ -7,11 +7,43 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import gin
+
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.errors import ConfigError
 from ptjf.runtime.partitioning import Partitioner
 from ptjf.training.bleu import translation_target_languages
+
+# The DatasetConfig fields the trainer sets itself for every stage (`trainer._train_stage`),
+# with the knob that does set each: a gin binding of these would be silently overridden.
+# (split, shuffle and module are not passed by the trainer, so their bindings take effect.)
+DATASET_FIELDS_SET_BY_TRAIN = {
+    "mixture_or_task_name": "MIXTURE_OR_TASK_NAME (a stage's Stage.mixture_or_task_name)",
+    "task_feature_lengths": "TASK_FEATURE_LENGTHS (train.task_feature_lengths)",
+    "batch_size": "BATCH_SIZE (train.batch_size)",
+    "seed": "SEED (train.seed; stage i uses train.seed + 1000 * i)",
+    "pack": "train.pack",
+    "rates": "Stage.rates (the run file's rate macros, e.g. MIXTURE_RATES)",
+}
+
+
+def check_dataset_bindings() -> None:
+    """Refuses gin bindings of DatasetConfig fields that the trainer sets itself per stage.
+
+    The trainer builds each stage's `DatasetConfig` from `train.*` and the stage, passing these
+    fields explicitly, so gin's binding would be ignored without a word.
+    """
+    for field, knob in DATASET_FIELDS_SET_BY_TRAIN.items():
+        try:
+            value = gin.query_parameter(f"DatasetConfig.{field}")
+        except ValueError:  # not bound (gin raises ValueError for an unbound parameter)
+            continue
+        raise ConfigError(
+            f"DatasetConfig.{field} = {value!r} is bound, but the trainer sets "
+            f"DatasetConfig.{field} itself for every stage, so the binding would be ignored. "
+            f"Remove it and set {knob} instead."
+        )
 
 
 def check_plan(
@@ -25,6 +57,7 @@ def check_plan(
 ) -> None:
     """Every stage's settings, checked before anything is written: a mistake in the joint
     stage must not surface after hours of pre-training."""
+    check_dataset_bindings()
     for index, stage in enumerate(plan.stages[: stop + 1]):
         stg.make_tx(plan, index)  # optimizer, schedule vs the stage's length
         data.effective_rates(

@@ -172,8 +172,13 @@ def build_state(
         parent = (lineage["parent_path"], lineage["parent_step"]) if lineage else None
         return state, meta, parent
     if init_from.is_path(stage.init_from):
-        load, parent, _ = init_from.params_loader(stage.init_from, partitioner, config, checkpoint)
-        return switched_state(load(), tx, shardings, partitioner), {}, parent
+        load, parent, source = init_from.params_loader(
+            stage.init_from, partitioner, config, checkpoint
+        )
+        # The stage continues the source's step count, as `ptjf switch` records it (and as
+        # T5X counts a fine-tune from a checkpoint): a T5X step, or a ptjf global step.
+        step = int(source.get("global_step", parent[1]) or 0)
+        return switched_state(load(), tx, shardings, partitioner), {"global_step": step}, parent
     if index == 0 or stage.init_from == "scratch":
         rng = jax.random.fold_in(jax.random.key(seed), index)
         state = partitioner.init(

@@ -19,12 +19,16 @@ Train step (`make_train_step`), decisions:
   batch cannot corrupt the model. `step` still advances: it counts the batches the stage has
   consumed, keeping it in line with the data iterator, the dropout keys and checkpoints. The
   optimizer's internal count (which drives optax's schedule) does not advance on a skipped step,
-  so after k skips the applied learning rate lags `schedule(step)` by k steps; the trainer stops
-  the stage on `nonfinite`, so this never compounds in practice.
+  so after k skips the applied learning rate lags `schedule(step)` by k steps (the logged one
+  lags with it); the trainer stops the stage on `nonfinite`, so this never compounds in practice.
 * Metrics: `loss` (the objective: smoothed CE minus its entropy, plus z-loss; see `losses`),
   `z_loss`, `cross_entropy` (un-smoothed), `accuracy`, `token_count`, `grad_norm` (before any
-  clipping the optimizer does), `learning_rate` (`schedule(step)`, when a schedule is given) and
-  `nonfinite`; all per real target token.
+  clipping the optimizer does), `learning_rate` (when a schedule is given) and `nonfinite`; all
+  per real target token. `learning_rate` is the one this update applies: `schedule` evaluated
+  at the optimizer state's own count, the count optax's `scale_by_schedule` feeds it
+  (`schedule_count`), not at the stage-local `step`. The two differ in a stage that carries the
+  previous stage's optimizer state (`Stage.reset_optimizer=False`): its step restarts at 0 while
+  the carried count goes on.
 
 Eval step (`make_eval_step`): dropout off, un-smoothed cross entropy, per-task sums (so hosts and
 batches are added before dividing). Tasks are identified by a `task_ids` feature: [b] (one task
@@ -83,6 +87,17 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     }
 
 
+def schedule_count(opt_state: Any, default: jax.Array) -> jax.Array:
+    """The step count optax's `scale_by_schedule` keeps in `opt_state`: the argument the
+    optimizer's learning-rate schedule is evaluated at (checkpointed and carried with the
+    optimizer state). `default` when the optimizer has no schedule state (a constant rate)."""
+    is_schedule_state = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    for leaf in jax.tree.leaves(opt_state, is_leaf=is_schedule_state):
+        if is_schedule_state(leaf):
+            return leaf.count
+    return default
+
+
 def make_train_step(
     apply_fn: ApplyFn,
     tx: optax.GradientTransformation,
@@ -94,7 +109,8 @@ def make_train_step(
 ) -> TrainStep:
     """`train_step(state, batch, dropout_rng) -> (new_state, metrics)`; see the module notes.
 
-    `schedule` is only used to report `learning_rate`; `tx` already applies it.
+    `schedule` is only used to report `learning_rate`; `tx` already applies it, at the count in
+    the optimizer state, where it is evaluated for the report too.
     """
     if not 0.0 <= label_smoothing < 1.0:
         raise ConfigError(
@@ -179,7 +195,8 @@ def make_train_step(
             "nonfinite": jnp.logical_not(finite).astype(jnp.int32),
         }
         if schedule is not None:
-            metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
+            count = schedule_count(state.opt_state, default=state.step)
+            metrics["learning_rate"] = jnp.asarray(schedule(count), jnp.float32)
         return new_state, metrics
 
     return train_step

@@ -115,6 +115,12 @@ class _Run:
     startup_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     preemption: PreemptionWatch | None = None
     _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    # Global step of each stage's step 0, where it differs from the plan's numbering (a stage
+    # started by `ptjf switch` from another step than the plan's end of its parent).
+    base_steps: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def global_step(self, index: int, step: int) -> int:
+        return self.base_steps.get(index, self.plan.steps_before(index)) + step
 
     @property
     def evaluator(self) -> Evaluator:
@@ -175,7 +181,7 @@ class _Run:
             "stage": stage.name,
             "stage_index": index,
             "stage_step": step,
-            "global_step": self.plan.steps_before(index) + step,
+            "global_step": self.global_step(index, step),
             "time": time.time(),
             "examples_seen": dict(self.examples_seen),
             "tokens_seen": dict(self.tokens_seen),
@@ -186,6 +192,8 @@ class _Run:
         if train_scalars:
             record["train"] = train_scalars
         self.writer.write_eval(record)
+        if distributed.is_primary():  # one eval line per run, beside its progress line
+            ProgressDisplay.print_eval(record, self.plan.total_steps)
         self.last_eval = record
 
     def metadata(self, index: int, step: int, parent: tuple[str, int] | None) -> dict:
@@ -193,7 +201,7 @@ class _Run:
         return ckpt.checkpoint_metadata(
             stage_index=index,
             stage_name=self.plan.stages[index].name,
-            global_step=self.plan.steps_before(index) + step,
+            global_step=self.global_step(index, step),
             parent=parent,
             data_position={"batches": step},
             examples_seen=self.examples_seen,
@@ -381,7 +389,7 @@ def train(
         index = names.index(p.stage)
         return RunSummary(
             model_dir=model_dir,
-            global_step=plan.steps_before(index) + p.step,
+            global_step=run.global_step(index, p.step),
             last_eval=run.last_eval,
             preempted=True,
             startup_seconds=run.startup_seconds,
@@ -390,7 +398,7 @@ def train(
         writer.close()
     return RunSummary(
         model_dir=model_dir,
-        global_step=plan.steps_before(stop + 1),
+        global_step=run.global_step(stop, plan.stages[stop].steps),
         last_eval=run.last_eval,
         startup_seconds=run.startup_seconds,
     )
@@ -488,6 +496,8 @@ def _train_stage(run: _Run, index: int) -> None:
     run.mark("state ready")
     run.restore_counts(meta)
     start = int(state.step)
+    if meta.get("global_step") is not None:  # the saved numbering wins over the plan's
+        run.base_steps[index] = int(meta["global_step"]) - (int(meta.get("step", 0)) if own else 0)
     progress = ProgressDisplay(
         stage.steps,
         stage_name=stage.name,
@@ -510,7 +520,7 @@ def _train_stage(run: _Run, index: int) -> None:
             # Not expected (the pipeline's features are fixed); the jitted step still runs them.
             log.warning("The first batch does not fit the precompiled step; compiling it again.")
             step_fn = part.jit(train_step, **jit_kwargs)
-        base_step = run.plan.steps_before(index)
+        base_step = run.global_step(index, 0)
         log.info(
             "stage %d/%d %r on %s: steps %d..%d",
             index + 1,
