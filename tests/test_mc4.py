@@ -21,13 +21,7 @@ from ptjf.data.vocabularies import temperature_corpus
 from ptjf.errors import ConfigError, DataError, UnknownNameError
 
 # Made-up text per language, in its own script or letters, so a line's language is known.
-SYLLABLES = {
-    "en": "ba be bi bo bu ka ke ki ko ku ta te ti to tu wa we wi wo",
-    "hi": "क का कि की को ग गा गि न ना नि म मा मि र रा रि स सा सि",
-    "gu": "ક કા કિ કી ગ ગા ગિ ન ના નિ મ મા મિ ર રા રિ સ સા સિ",
-    "gd": "bà bè bì bò cà cè cì dà dè dì là lè lì mà mè mì rà rè rì",
-    "sw": "ja je ji jo ju nya nye nyi mwa mwe mwi pa pe pi pu za ze zi",
-}
+SYLLABLES = mc4_like.SYLLABLES
 DOCS = {"en": 40, "hi": 24, "gu": 12, "gd": 8, "sw": 10}
 LINES_PER_DOC = 3
 PROBLEM = "mc4_test"
