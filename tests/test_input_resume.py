@@ -32,26 +32,34 @@ def _config(name: str, lengths=SHORT, batch_size: int = 8, **kw) -> B.DatasetCon
     )
 
 
-def _assert_same(want: list[dict], got: list[dict]) -> None:
-    assert len(want) == len(got)
-    for a, b in zip(want, got, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+def _differences(want: list[dict], got: list[dict]) -> list[str]:
+    """Where two lists of batches differ ('batch 2: decoder_target_tokens', …); [] if equal."""
+    if len(want) != len(got):
+        return [f"{len(want)} batches against {len(got)}"]
+    out = []
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        if a.keys() != b.keys():
+            out.append(f"batch {i}: features {sorted(a)} against {sorted(b)}")
+            continue
+        out += [f"batch {i}: {k}" for k in a if not np.array_equal(a[k], b[k])]
+    return out
 
 
-def _resumes_exactly(config: B.DatasetConfig, step: int, after: int = 4) -> bytes:
-    """Saves a stream after `step` batches, restores it in a fresh stream, and checks the next
-    `after` batches against an uninterrupted stream's batches step..step+after-1."""
+def _resume(config: B.DatasetConfig, step: int, after: int = 4):
+    """(uninterrupted batches step..step+after-1, the same batches from a stream saved after
+    `step` batches and restored in a fresh stream, the saved state, the restored position)."""
     uninterrupted = list(itertools.islice(B.train_batches(config), step + after))
     stream = B.train_batches(config)
     for _ in range(step):
         next(stream)
     state = stream.save()
     resumed = B.train_batches(config, start_batch=step, state=state)
-    assert resumed.taken == step
-    _assert_same(uninterrupted[step:], [next(resumed) for _ in range(after)])
-    return state
+    taken = resumed.taken
+    return uninterrupted[step:], [next(resumed) for _ in range(after)], state, taken
+
+
+def _task_ids(batches: list[dict]) -> set[int]:
+    return {int(t) for b in batches for t in np.unique(b["task_ids"]) if t >= 0}
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +89,41 @@ def bible_temperature(bible_vocab):
 @pytest.mark.parametrize("pack", [True, False], ids=["packed", "unpacked"])
 def test_bible_mixture_resumes_exactly_at_a_random_step(bible_vocab, pack):
     step = random.Random(11 + pack).randint(3, 15)
-    state = _resumes_exactly(_config("bible_en_fr_tl", pack=pack), step)
+    want, got, state, taken = _resume(_config("bible_en_fr_tl", pack=pack), step)
+    assert taken == step
+    assert _differences(want, got) == []
     # Epochs are index permutations, not shuffle buffers: the position is small.
     assert len(state) < 2_000_000
 
 
 def test_three_task_temperature_mixture_resumes_exactly(bible_temperature):
-    _resumes_exactly(_config(bible_temperature), random.Random(3).randint(3, 15))
+    step = random.Random(3).randint(3, 15)
+    want, got, _, taken = _resume(_config(bible_temperature), step)
+    assert taken == step
+    assert _differences(want, got) == []
+    assert _task_ids(want) == {0, 1, 2}  # all three tasks are in the resumed batches
 
 
 def test_tfds_span_corrupted_temperature_mixture_resumes_exactly(mc4_problem):
     """TFDS files → SeqIO's shuffle buffer → span corruption → three-language temperature
     sampling → packing, resumed past the end of an epoch of the smallest language."""
-    config = _config(mc4_problem, MC4_LENGTHS)
-    _resumes_exactly(config, random.Random(5).randint(15, 25))
+    step = random.Random(5).randint(15, 25)
+    want, got, _, taken = _resume(_config(mc4_problem, MC4_LENGTHS), step)
+    assert taken == step
+    assert _differences(want, got) == []
+    assert len(_task_ids(want)) >= 2  # the resumed batches mix languages
+    # Packed: at least one row holds several span-corrupted examples.
+    assert max(int(b["decoder_segment_ids"].max()) for b in want) >= 2
 
 
 def test_tfds_single_task_unpacked_resumes_exactly(mc4_problem):
-    _resumes_exactly(_config(f"{mc4_problem}.sw", MC4_LENGTHS, pack=False), 13)
+    want, got, _, taken = _resume(_config(f"{mc4_problem}.sw", MC4_LENGTHS, pack=False), 13)
+    assert taken == 13
+    assert _differences(want, got) == []
+    assert "decoder_segment_ids" not in want[0]  # unpacked: no segments
+    # The resumed stream is not the stream's start again (a restore that silently restarted).
+    first = next(iter(B.train_batches(_config(f"{mc4_problem}.sw", MC4_LENGTHS, pack=False))))
+    assert _differences([first], got[:1]) != []
 
 
 def test_positions_saved_on_one_host_resume_on_another_number_of_hosts(bible_vocab):
@@ -125,7 +150,7 @@ def test_positions_saved_on_one_host_resume_on_another_number_of_hosts(bible_voc
     for want in uninterrupted[step:]:
         parts = [next(s) for s in streams]
         got = {k: np.concatenate([p[k] for p in parts]) for k in want}
-        _assert_same([want], [got])
+        assert _differences([want], [got]) == []
 
 
 def test_a_host_whose_shard_has_no_saved_state_is_refused(bible_vocab):

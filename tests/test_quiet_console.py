@@ -41,3 +41,25 @@ def test_verbose_shows_library_lines(tmp_path):
     assert result.returncode == 0, result.stdout
     assert library_lines(result.stdout), result.stdout
     assert re.search(r"^a +1 +0\.3333", result.stdout, re.M), result.stdout
+
+
+def test_a_gs_model_dir_gets_a_copy_of_the_library_log(gcs_bucket, tmp_path, monkeypatch):
+    # fd 2 needs a local file; a bucket gets its content through the storage layer, at each
+    # call (the command calls again when it ends, so the copy holds the whole run).
+    import io
+
+    from ptjf import storage
+    from ptjf.runtime import console
+
+    local = tmp_path / "libraries-123.log"
+    local.write_bytes(b"I0000 00:00:00.0 1 cuda.cc:1] failed call to cuInit\n")
+    routing = console.Routing(terminal=io.StringIO(), log_path=str(local))
+    monkeypatch.setattr(console, "_routing", routing)
+    remote = console.use_model_dir(f"{gcs_bucket}/run", process_index=3)
+    assert remote == f"{gcs_bucket}/run/logs/libraries-3.log"
+    assert storage.read_bytes(remote) == local.read_bytes()
+    with local.open("ab") as f:
+        f.write(b"INFO:absl:later\n")
+    console.use_model_dir(f"{gcs_bucket}/run", process_index=3)
+    assert storage.read_bytes(remote) == local.read_bytes()
+    assert routing.log_path == str(local) and not routing.in_model_dir  # fd 2 stays local

@@ -56,6 +56,7 @@ def routing() -> Routing | None:
 
 
 def _temp_log_path() -> str:
+    # Local by necessity: fd 2 is pointed at this file (`os.dup2`).
     directory = os.path.join(tempfile.gettempdir(), f"ptjf-logs-{os.getuid()}")
     os.makedirs(directory, exist_ok=True)
     return os.path.join(directory, f"libraries-{os.getpid()}.log")
@@ -137,7 +138,9 @@ def use_model_dir(model_dir: str, process_index: int = 0) -> str | None:
     """Moves the library log to `MODEL_DIR/logs/libraries-<process_index>.log`.
 
     What the temp file holds so far is appended there, and fd 2 now points at it; the temp file
-    is removed. A remote model dir (gs://) keeps the temp file: fd 2 needs a local file.
+    is removed. The file fd 2 writes to is always local (a descriptor needs one): for a remote
+    model dir (gs://) the temp file stays fd 2's, and each call copies what it holds so far to
+    `MODEL_DIR/logs/` through the storage layer (the command calls it again when it ends).
     Returns the log's path, or None when there is no routing or the move was not possible.
     """
     from ptjf import storage
@@ -145,7 +148,13 @@ def use_model_dir(model_dir: str, process_index: int = 0) -> str | None:
     if _routing is None or _routing.in_model_dir:
         return None if _routing is None else _routing.log_path
     if storage.is_remote(model_dir):
-        return None
+        remote = storage.join(model_dir, "logs", f"libraries-{process_index}.log")
+        try:
+            with open(_routing.log_path, "rb") as local:  # the local file fd 2 points at
+                storage.write_bytes(remote, local.read())
+        except OSError:
+            return None  # an unwritable model dir is reported by the command itself
+        return remote
     directory = os.path.join(storage.absolute(model_dir), "logs")
     target = os.path.join(directory, f"libraries-{process_index}.log")
     try:
