@@ -22,12 +22,12 @@ demo: $(STAMP)
 	$(VENV)/bin/ptjf demo
 
 test: $(STAMP)
-	$(PY) -m ruff check ptjf tasks tests benchmarks launch
+	$(PY) -m ruff check ptjf tasks tests benchmarks launch scripts
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check ptjf tasks tests benchmarks launch
-	$(PY) -m ruff format --check ptjf tasks tests benchmarks launch
+	$(PY) -m ruff check ptjf tasks tests benchmarks launch scripts
+	$(PY) -m ruff format --check ptjf tasks tests benchmarks launch scripts
 
 bench: $(STAMP)
 	mkdir -p bench_results

@@ -1,4 +1,4 @@
-"""The `ptjf` command: `ptjf rates | train | eval | switch | sweep | report | demo`.
+"""The `ptjf` command: `ptjf rates | train | eval | switch | sweep | report | regime | demo`.
 
 Each subcommand is a thin layer over a library function, so everything it does can also be
 done from Python. Errors that ptjf raises for bad input are printed as one clear message
@@ -196,12 +196,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ptjf.commands.regime import report_sizes
     from ptjf.experiments import report
 
     summary = report.write_report(
-        args.dirs, args.out, point=args.point, figures=not args.no_figures
+        args.dirs,
+        args.out,
+        point=args.point,
+        figures=not args.no_figures,
+        sizes=report_sizes(args.sizes),
     )
     print(summary)
+    return 0
+
+
+def cmd_regime(args: argparse.Namespace) -> int:
+    from ptjf.commands import regime
+
+    print(regime.run(args.dirs, args.sizes, args.margin))
     return 0
 
 
@@ -324,7 +336,36 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
         help="each run's point on the front: its final eval, or each task's best (early stop)",
     )
     p.add_argument("--no_figures", action="store_true", help="tables only")
+    p.add_argument(
+        "--sizes",
+        help="training examples per task (task=N,...), for the verdicts' kind of study; "
+        "registered tasks are counted when this leaves them out",
+    )
     p.set_defaults(fn=cmd_report)
+
+
+def _regime_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "regime",
+        help="before a sweep: is the mixture where PTJF can help? ptjf regime PILOT_DIR...",
+        description="Reads static-sampling pilots (a sweep's scalarization points, even while "
+        "they run, or single-stage MODEL_DIRs of the mixture) and says, per low-resource rate, "
+        "where the low-resource validation loss bottoms out, after how many epochs, and whether "
+        "the high-resource task still improves after it; then whether PTJF can help, with N2, "
+        "N1 and the rates to sweep. Writes nothing.",
+    )
+    p.add_argument("dirs", nargs="+", help="sweep directories or MODEL_DIRs (searched below)")
+    p.add_argument(
+        "--sizes", help="training sizes, task=N,… (default: counted from the registered tasks)"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="loss change that counts as the low task's rise or the high task's improvement "
+        "(default 0.01)",
+    )
+    p.set_defaults(fn=cmd_regime)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -370,6 +411,7 @@ PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [
     _switch_parser,
     _sweep_parser,
     _report_parser,
+    _regime_parser,
     _inspect_parser,
     _export_parser,
     _demo_parser,

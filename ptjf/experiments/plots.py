@@ -29,6 +29,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ptjf import storage
 from ptjf.experiments.pareto import front_curve
+from ptjf.experiments.report_seeds import seed_points
 from ptjf.experiments.results import (
     SPLITS,
     Roles,
@@ -39,6 +40,7 @@ from ptjf.experiments.results import (
     run_point,
     split_losses,
 )
+from ptjf.experiments.seeds import group_configs
 
 _COLORS = {
     "ptjf": "tab:red",
@@ -151,10 +153,15 @@ def _needs_two_roles(roles: Roles) -> None:
 
 
 def plot_fronts(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "final") -> str:
-    """Each method's points and its front (`front_curve`), validation left, training right."""
+    """Each method's points and its front (`front_curve`), validation left, training right.
+
+    A method whose configurations have ≥ 2 seeds is drawn at its configurations' means with
+    the seeds' min–max as error bars on both axes, its front through the means.
+    """
     _needs_two_roles(roles)
     names = methods(runs)
     styles = method_styles(names)
+    configs = group_configs(runs)
     fig, axes = new_figure(len(roles.low), len(SPLITS))
     drawn = 0
     for row, low in enumerate(roles.low):
@@ -162,24 +169,56 @@ def plot_fronts(runs: Sequence[Run], roles: Roles, path: str, *, point: str = "f
             ax = axes[row][col]
             for m in names:
                 color, marker = styles[m]
-                pts = [_xy(r, split, roles, low, point) for r in points_of(runs, m)]
-                pts = [p for p in pts if _finite(*p)]
+                mine = [c for c in configs if c.method == m]
+                if any(len(c.runs) >= 2 for c in mine):
+                    pts = _draw_seed_points(
+                        ax, seed_points(mine, split, roles, low, point), m, styles
+                    )
+                else:
+                    pts = [_xy(r, split, roles, low, point) for r in points_of(runs, m)]
+                    pts = [p for p in pts if _finite(*p)]
+                    if pts:
+                        edge = {"edgecolors": "black", "linewidths": 1.2} if m == "restart" else {}
+                        ax.scatter(
+                            *zip(*pts, strict=True), c=color, marker=marker, s=30, label=m, **edge
+                        )
                 if not pts:
                     continue
                 drawn += 1
-                edge = {"edgecolors": "black", "linewidths": 1.2} if m == "restart" else {}
-                ax.scatter(*zip(*pts, strict=True), c=color, marker=marker, s=30, label=m, **edge)
                 curve = front_curve(pts)
                 ax.plot(*zip(*curve, strict=True), color=color, linewidth=1.2, alpha=0.8)
             ax.set_title(f"{_SPLIT_LABEL[split]}: {low}", fontsize=9)
             ax.set_xlabel(f"{_SPLIT_LABEL[split]} loss, {high_label(roles)}", fontsize=8)
             ax.set_ylabel(f"{_SPLIT_LABEL[split]} loss, {low}", fontsize=8)
-            if ax.collections:
+            if ax.collections or ax.containers:
                 ax.legend(fontsize=7)
     if not drawn:
         raise NoData("no run has finite losses on both the high- and the low-resource task")
     fig.suptitle(f"Trade-off fronts per method ({_point_label(point)})", fontsize=10)
     return save_figure(fig, path)
+
+
+def _draw_seed_points(ax, points, method: str, styles) -> list[tuple[float, float]]:
+    """Configurations at their means with min–max error bars; returns the means (the front's
+    points)."""
+    color, marker = styles[method]
+    edge = "black" if method == "restart" else color
+    for i, p in enumerate(points):
+        xerr, yerr = p.errors()
+        ax.errorbar(
+            [p.x.mean],
+            [p.y.mean],
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            color=color,
+            markeredgecolor=edge,
+            markersize=5,
+            elinewidth=0.8,
+            capsize=2,
+            label=method if i == 0 else None,
+        )
+    return [(p.x.mean, p.y.mean) for p in points]
 
 
 def plot_fronts_by_rate(

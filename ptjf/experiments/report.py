@@ -7,29 +7,38 @@ local or `gs://` too:
 * `points.csv`: one row per run — final and best validation and training losses per task,
   examples and tokens seen, and whether the run is on its method's front and on the front of
   all points.
-* `report.md`: the fronts, each method's best low-resource run, what that run saw, notes on
-  broken, unfinished or diverged runs, and the figures (`ptjf.experiments.plots`). When evals
-  carry BLEU (EVAL_BLEU = True, or `ptjf eval` on final checkpoints), also each method's best
-  low-resource BLEU and the BLEU fronts (`ptjf.experiments.plots_bleu`).
+* `configs.csv`: one row per configuration (a sweep point over its seeds): each task's loss as
+  mean, min, max and 95% interval, its front flag at the means, and which configurations of
+  other methods dominate it beyond the spread (`ptjf.experiments.report_seeds`).
+* `report.md`: the configurations over seeds ("Over seeds"), the fronts, each method's best
+  low-resource run, what that run saw, notes on broken, unfinished or diverged runs, and the
+  figures (`ptjf.experiments.plots`). When evals carry BLEU (EVAL_BLEU = True, or `ptjf eval`
+  on final checkpoints), also each method's best low-resource BLEU and the BLEU fronts
+  (`ptjf.experiments.plots_bleu`).
 
 A run's *point* is its final eval (the paper's convention: "each point corresponds to the final
 performance of a model") or, with `--point best`, each task's best eval (early stopping per
 task). Fronts are over all K tasks' validation losses; a shared pre-training is part of its
 points' histories, not a point of any method, so it is on no front.
+
+Runs that differ in a setting no sweep axis covers (model size, batch size, …; their
+config.gin) are refused before anything is written (`ptjf.experiments.settings`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ptjf import storage
 from ptjf.errors import DataError
 from ptjf.experiments import figures as report_figures
 from ptjf.experiments import plots
+from ptjf.experiments.claims import Claim, judge, render_claims, study_kind
 from ptjf.experiments.plots_bleu import bleu_at, has_bleu, run_bleu
+from ptjf.experiments.report_seeds import configs_table, seeds_markdown
 from ptjf.experiments.results import (
     TABLE_COLUMNS,
     Roles,
@@ -48,6 +57,8 @@ from ptjf.experiments.results import (
     task_roles,
     write_csv,
 )
+from ptjf.experiments.seeds import DOMINANCE_RULE, fewest_seeds, group_configs
+from ptjf.experiments.settings import check_comparable
 
 POINTS = ("final", "best")
 
@@ -359,8 +370,10 @@ def render_markdown(
     dirs: Sequence[str],
     point: str,
     figures: Sequence[plots.FigureFile] | None,
+    lead: Sequence[str] = (),
 ) -> str:
-    """The text of report.md."""
+    """The text of report.md; `lead` lines (e.g. computed verdicts) come right after the
+    title."""
     usable = [r for r in runs if r.records]
     kinds = {k: sum(r.kind == k for r in runs) for k in ("point", "shared", "run")}
     point_text = (
@@ -371,6 +384,8 @@ def render_markdown(
     lines = [
         "# ptjf report",
         "",
+        *lead,
+        *([""] if lead else []),
         f"Runs from {', '.join(f'`{d}`' for d in dirs)}: {len(runs)} runs "
         f"({kinds['point']} sweep points, {kinds['shared']} shared pre-trainings, "
         f"{kinds['run']} other runs).",
@@ -383,8 +398,8 @@ def render_markdown(
         "",
     ]
     lines += [f"- {n}" for n in _notes(runs, roles, point)]
+    lines += ["", *seeds_markdown(group_configs(usable), roles.tasks, point)]
     lines += [
-        "",
         "## Pareto front per method",
         "",
         f"Validation losses over all {len(roles.tasks)} tasks. A point is on its method's front "
@@ -460,11 +475,15 @@ def write_report(
     *,
     point: str = "final",
     figures: bool = True,
+    sizes: Mapping[str, float] | Callable[[Sequence[str]], Mapping[str, float]] | None = None,
 ) -> str:
-    """Writes results.csv, points.csv, report.md and the figures into `out`; returns a summary.
+    """Writes results.csv, points.csv, configs.csv, report.md and the figures into `out`;
+    returns a summary.
 
-    `out` defaults to `<first dir>/report`. The summary (for the terminal) is the best
-    low-resource validation loss per method and where the report went.
+    `out` defaults to `<first dir>/report`. `sizes` (training examples per task, or a function
+    of the tasks that returns them) tells a high + low study from a high + high one for the
+    verdicts; without it those claims are not tested. The summary (for the terminal) is the
+    verdicts, the best low-resource validation loss per method and where the report went.
     """
     if point not in POINTS:
         raise DataError(f"point={point!r}: choose 'final' (each run's last eval) or 'best'.")
@@ -479,15 +498,28 @@ def write_report(
             f"The {len(runs)} run(s) under {', '.join(dirs)} have no eval record yet "
             "(metrics.jsonl is empty or unreadable); rerun the report after their first eval."
         )
+    check_comparable(usable)  # before OUT exists: a refused report leaves nothing behind
     roles = task_roles(usable)
+    configs = group_configs(usable)
+    task_sizes = sizes(roles.tasks) if callable(sizes) else sizes
+    claims = judge(configs, roles, task_sizes, point)
+    lead = render_claims(
+        claims,
+        kind=study_kind(roles, task_sizes),
+        seeds=fewest_seeds(configs),
+        measure=point,
+        rule=DOMINANCE_RULE,
+    )
     storage.makedirs(out)
     write_csv(results_table(usable), storage.join(out, "results.csv"), TABLE_COLUMNS)
     write_csv(points_table(usable, roles, point), storage.join(out, "points.csv"))
+    rows = configs_table(configs, roles.tasks, point)
+    write_csv(rows, storage.join(out, "configs.csv"), () if rows else ("method", "label"))
     drawn = report_figures.draw_figures(usable, roles, out, point=point) if figures else None
-    text = render_markdown(runs, roles, dirs=dirs, point=point, figures=drawn)
+    text = render_markdown(runs, roles, dirs=dirs, point=point, figures=drawn, lead=lead)
     report_path = storage.join(out, "report.md")
     storage.write_text(report_path, text)
-    return _summary(runs, usable, roles, point, report_path, drawn)
+    return _summary(runs, usable, roles, point, report_path, drawn, claims)
 
 
 def _summary(
@@ -497,6 +529,7 @@ def _summary(
     point: str,
     report_path: str,
     drawn: Sequence[plots.FigureFile] | None,
+    claims: Sequence[Claim] = (),
 ) -> str:
     n_figs = sum(1 for f in drawn or () if f.path)
     header, body = _best_low_table(best_low_rows(usable, roles, point), roles)
@@ -504,11 +537,17 @@ def _summary(
         f"Best low-resource validation loss per method ({point} point of each run):",
         text_table(header, body, left=3),
         "",
-        f"Report: {report_path} ({len(runs)} runs; results.csv, points.csv, {n_figs} figures).",
+        f"Report: {report_path} ({len(runs)} runs; results.csv, points.csv, configs.csv, "
+        f"{n_figs} figures).",
     ]
     if has_bleu(usable):
         header, body = _best_bleu_table(best_bleu_rows(usable, roles, point), roles)
         lines[2:2] = ["", "Best low-resource BLEU per method:", text_table(header, body, left=3)]
+    tested = [c for c in claims if c.verdict is not None]
+    if tested:
+        verdicts = ["Verdicts (report.md gives the numbers behind them):"]
+        verdicts += [f"  {c.number}. {c.verdict}: {c.statement}" for c in tested] + [""]
+        lines[-1:-1] = verdicts
     broken = sum(len(r.broken_lines) for r in runs)
     if broken:
         lines.append(f"Skipped {broken} broken metrics line(s); report.md names them.")
