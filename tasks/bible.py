@@ -11,9 +11,9 @@ on their training text, and any of them can be mixed):
 - `bible_translate_en_tl_low`: En→Tl with 450 training pairs, the default low-resource pair
   (≈ 67 : 1 against En→Fr's ~30k, the imbalance of the paper's En-Fr'15 : En-Ro'16);
 - `bible_lm_<xx>` for en, fr, es, ru, tl, vi: monolingual prefix-LM tasks;
-- mixtures `bible_en_fr_tl` and `bible_en_es_tl` (high + low) and `bible_en_fr_es` (high + high),
-  static 0.5 / 0.5
-  by default; other rates come from `ptjf.tasks.derive_mixture` or a stage's `rates`.
+- mixtures `bible_en_fr_tl` and `bible_en_es_tl` (high + low) and `bible_en_fr_es` (high +
+  high), static 0.5 / 0.5 by default; other rates come from `ptjf.tasks.derive_mixture` or a
+  stage's `rates`.
 
 Every task uses one split by verse key (a hash of book:chapter:verse, ~96/2/2), so no verse is
 trained on through one pair and evaluated through another.
@@ -205,27 +205,14 @@ def register_defaults() -> None:
     )
     for lang in LM_LANGUAGES:
         register_lm(lang, overwrite=True)
-    mixtures.register_mixture(
-        "bible_en_fr_tl",
-        ["bible_translate_en_fr", "bible_translate_en_tl_low"],
-        method="static",
-        weights={"bible_translate_en_fr": 0.5, "bible_translate_en_tl_low": 0.5},
-        overwrite=True,
-    )
-    mixtures.register_mixture(
-        "bible_en_es_tl",
-        ["bible_translate_en_es", "bible_translate_en_tl_low"],
-        method="static",
-        weights={"bible_translate_en_es": 0.5, "bible_translate_en_tl_low": 0.5},
-        overwrite=True,
-    )
-    mixtures.register_mixture(
-        "bible_en_fr_es",
-        ["bible_translate_en_fr", "bible_translate_en_es"],
-        method="static",
-        weights={"bible_translate_en_fr": 0.5, "bible_translate_en_es": 0.5},
-        overwrite=True,
-    )
+    for name, high, low in (
+        ("bible_en_fr_tl", "bible_translate_en_fr", "bible_translate_en_tl_low"),
+        ("bible_en_es_tl", "bible_translate_en_es", "bible_translate_en_tl_low"),
+        ("bible_en_fr_es", "bible_translate_en_fr", "bible_translate_en_es"),
+    ):
+        mixtures.register_mixture(
+            name, [high, low], method="static", weights={high: 0.5, low: 0.5}, overwrite=True
+        )
 
 
 register_defaults()

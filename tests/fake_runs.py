@@ -23,8 +23,10 @@ scalarization r0.8 also has BLEU (15, 21) at step 100: its best lo BLEU, above e
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import warnings
 
 TASKS = ("hi", "lo")
 BROKEN_TAIL = '{"stage": "joint", "stage_index": 1, "stage_st'
@@ -247,3 +249,16 @@ def add_bleu(sweep) -> None:
         _append_bleu(os.path.join(sweep, "points", name), POINTS[name][3][-1], hi, lo)
     overfit = POINTS["scalarization-r0.8"][3][1]  # step 100
     _append_bleu(os.path.join(sweep, "points", "scalarization-r0.8"), overfit, 15.0, 21.0)
+
+
+def quiet(fn, *args, **kwargs):
+    """`fn(...)` with numpy's RuntimeWarnings (means of NaN losses) silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args, **kwargs)
+
+
+def read_csv(path):
+    """A CSV file's rows as dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

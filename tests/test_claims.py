@@ -74,7 +74,10 @@ def test_ptjf_dominating_static_beyond_the_spread_holds():
     assert "ptjf r=0.5 N1=100 beats scalarization r=0.5 (−0.300 / −0.300 nats)" in (
         claims[1].evidence
     )
-    assert "Best lo loss: PTJF ptjf r=0.5 N1=100: 3.100 [3.000–3.200]" in claims[1].evidence
+    assert (
+        "Best lo loss: ptjf r=0.5 N1=100: 3.100 [3.000–3.200] vs scalarization r=0.5: 3.400"
+        in claims[1].evidence
+    )
     assert claims[2].verdict is None and "high+high study" in claims[2].evidence
     assert claims[3].verdict is None and claims[4].verdict is None
 
@@ -135,6 +138,13 @@ def test_forgetting_holds_when_transfer_rises_from_the_switch_beyond_ptjf():
     assert claims[4].verdict == HOLDS
     assert "hi loss 1.900 [1.900–1.900] at the switch → 3.100 [3.000–3.200] at the end" in (
         claims[4].evidence
+    )
+    assert "On lo itself (not judged here; the paper's Fig. 6 finds transfer worse there): " in (
+        claims[4].evidence
+    )
+    assert (
+        "there): transfer r=1 N1=100: 3.100 [3.000–3.200] vs ptjf r=0.5 N1=100: 3.100"
+        in claims[4].evidence
     )
     keeps = _method("transfer", 1.0, (1.8, 1.85, 1.9), (3.0, 3.1, 3.2), at_switch=(1.9, 3.9))
     assert _verdicts(ptjf + keeps)[4].verdict == FAILS

@@ -429,7 +429,8 @@ def test_report_of_local_runs_into_a_bucket(tmp_path, gcs_bucket):
     out = f"{gcs_bucket}/reports/one"
     summary = report.write_report([run], out, figures=False)
     assert f"Report: {out}/report.md" in summary
-    assert storage.listdir(out) == ["points.csv", "report.md", "results.csv"]
+    assert storage.listdir(out) == ["configs.csv", "points.csv", "report.md", "results.csv"]
+    assert storage.read_text(f"{out}/configs.csv").startswith("method,label,")
     assert "Not drawn (`--no_figures`)." in storage.read_text(f"{out}/report.md")
 
 

@@ -214,6 +214,9 @@ def test_a_mixture_without_a_low_resource_task_is_refused(tmp_path):
     with pytest.raises(DataError, match="No low-resource task: the smallest task") as e:
         regime.regime_of_runs(pilots, {"hi": 30000, "lo": 29000})
     assert "lo (29000 examples), is more than 0.1 (1/10) of the largest, hi (30000)" in str(e.value)
+    with pytest.raises(DataError, match="No low-resource task") as e:  # equal sizes: two tasks
+        regime.regime_of_runs(pilots, {"hi": 30000, "lo": 30000})
+    assert "hi (30000 examples), is more than 0.1 (1/10) of the largest, lo (30000)" in str(e.value)
     assert regime.LOW_RESOURCE_FRACTION == 0.1
 
 

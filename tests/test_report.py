@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 import os
-import warnings
 
 import pytest
-from fake_runs import BLEU, FRONT, OVERALL_FRONT, POINTS, add_bleu, write_run, write_sweep
+from fake_runs import (
+    BLEU,
+    FRONT,
+    OVERALL_FRONT,
+    POINTS,
+    add_bleu,
+    quiet,
+    read_csv,
+    write_run,
+    write_sweep,
+)
 
 from ptjf.commands import cli
 from ptjf.errors import DataError
@@ -22,27 +30,16 @@ def sweep(tmp_path):
     return write_sweep(tmp_path)
 
 
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fn(*args, **kwargs)
-
-
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.fixture
 def tables_only(sweep, tmp_path):
     out = tmp_path / "out"
-    summary = _quiet(report.write_report, [sweep], out, figures=False)
+    summary = quiet(report.write_report, [sweep], out, figures=False)
     return out, summary
 
 
 def test_points_csv_one_row_per_run_with_front_flags(tables_only):
     out, _ = tables_only
-    rows = {r["run"]: r for r in _read_csv(out / "points.csv")}
+    rows = {r["run"]: r for r in read_csv(out / "points.csv")}
     assert set(rows) == {*POINTS, "pretrain-n100", "pretrain-n200"}
     on_front = {name for name, r in rows.items() if r["on_front"] == "True"}
     assert on_front == set().union(*FRONT.values())
@@ -73,7 +70,7 @@ def test_points_csv_one_row_per_run_with_front_flags(tables_only):
 
 def test_results_csv_has_every_eval(tables_only):
     out, _ = tables_only
-    rows = _read_csv(out / "results.csv")
+    rows = read_csv(out / "results.csv")
     assert len(rows) == 4 * (2 + 2 + 3 + 3 + 3 + 4 + 4 + 4 + 4 + 3 + 3 + 3)
     resumed = [
         r["loss"]
@@ -134,7 +131,7 @@ def test_summary_is_the_best_low_resource_table(tables_only):
 
 
 def test_point_best_uses_each_tasks_best_eval(sweep, tmp_path):
-    summary = _quiet(report.write_report, [sweep], tmp_path / "best", point="best", figures=False)
+    summary = quiet(report.write_report, [sweep], tmp_path / "best", point="best", figures=False)
     row = next(line.split() for line in summary.splitlines() if " scalarization " in line)
     # scalarization r0.8 overfits: its best lo loss, at step 100, beats every final one
     assert row == [
@@ -190,7 +187,7 @@ def test_no_runs_and_bad_point_are_clear_errors(tmp_path):
 
 def test_cli_report_prints_the_summary_and_writes_figures(sweep, tmp_path, capsys):
     out = tmp_path / "cli_out"
-    status = _quiet(cli.main, ["report", sweep, "--out", str(out)])
+    status = quiet(cli.main, ["report", sweep, "--out", str(out)])
     assert status == 0
     printed = capsys.readouterr().out
     assert "Best low-resource validation loss per method (final point of each run):" in printed
@@ -221,7 +218,7 @@ def bleu_sweep(tmp_path):
 
 def test_best_bleu_per_method_table(bleu_sweep, tmp_path):
     out = tmp_path / "out"
-    summary = _quiet(report.write_report, [bleu_sweep], out, figures=False)
+    summary = quiet(report.write_report, [bleu_sweep], out, figures=False)
     md = (out / "report.md").read_text()
     table = md.split("## Best BLEU per method")[1].split("##")[0]
     rows = [line for line in table.splitlines() if line.startswith("| lo ")]
@@ -246,11 +243,11 @@ def test_best_bleu_per_method_table(bleu_sweep, tmp_path):
         "200",
         "28.00",
     ]
-    points = {r["run"]: r for r in _read_csv(out / "points.csv")}
+    points = {r["run"]: r for r in read_csv(out / "points.csv")}
     assert (points["ptjf-r0.5"]["bleu/hi"], points["ptjf-r0.5"]["bleu/lo"]) == ("28.0", "18.0")
     assert points["restart-r0.2"]["bleu/lo"] == "nan"
     assert len([r for r in points.values() if r["bleu/lo"] != "nan"]) == len(BLEU)
-    results = _read_csv(out / "results.csv")
+    results = read_csv(out / "results.csv")
     scored = [r for r in results if r["bleu"] and r["task"] == "lo" and r["split"] == "validation"]
     assert {(r["run"], r["global_step"], r["bleu"]) for r in scored} >= {
         ("ptjf-r0.5", "200", "18.0"),
@@ -260,7 +257,7 @@ def test_best_bleu_per_method_table(bleu_sweep, tmp_path):
 
 def test_best_bleu_with_point_best_takes_each_tasks_best_eval(bleu_sweep, tmp_path):
     out = tmp_path / "best"
-    _quiet(report.write_report, [bleu_sweep], out, point="best", figures=False)
+    quiet(report.write_report, [bleu_sweep], out, point="best", figures=False)
     table = (out / "report.md").read_text().split("## Best BLEU per method")[1]
     # scalarization r0.8 scored 21 on lo at step 100, above every run's final BLEU
     assert "| lo | scalarization | scalarization-r0.8 | 0.8 | — | 21.00 | 100 | 20.00 |" in table
@@ -268,18 +265,18 @@ def test_best_bleu_with_point_best_takes_each_tasks_best_eval(bleu_sweep, tmp_pa
 
 def test_without_bleu_there_is_no_bleu_table_and_the_figure_is_not_drawn(sweep, tmp_path):
     out = tmp_path / "out"
-    summary = _quiet(report.write_report, [sweep], out)
+    summary = quiet(report.write_report, [sweep], out)
     md = (out / "report.md").read_text()
     assert "## Best BLEU per method" not in md
     assert "BLEU" not in summary
     assert "- `fronts_bleu.png`: no run has BLEU scores (score final checkpoints with" in md
     assert not (out / "fronts_bleu.png").exists()
-    assert "bleu/lo" not in _read_csv(out / "points.csv")[0]
+    assert "bleu/lo" not in read_csv(out / "points.csv")[0]
 
 
 def test_report_draws_the_bleu_fronts(bleu_sweep, tmp_path):
     out = tmp_path / "out"
-    _quiet(report.write_report, [bleu_sweep], out)
+    quiet(report.write_report, [bleu_sweep], out)
     md = (out / "report.md").read_text()
     assert "![BLEU trade-off fronts per method](fronts_bleu.png)" in md
     data = (out / "fronts_bleu.png").read_bytes()

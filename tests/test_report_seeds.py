@@ -13,14 +13,13 @@ final one, so the best eval is the final one.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import statistics
-import warnings
 
 import pytest
+from fake_runs import quiet, read_csv
 
 from ptjf.errors import DataError
 from ptjf.experiments import plots, report
@@ -126,17 +125,6 @@ def write_seed_sweep(root, seeds=(0, 1, 2)) -> str:
     return sweep
 
 
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return fn(*args, **kwargs)
-
-
-def _read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _section(text: str) -> str:
     start = text.index("## Over seeds")
     return text[start : text.index("## Pareto front per method")]
@@ -147,13 +135,13 @@ def three_seeds(tmp_path_factory):
     root = tmp_path_factory.mktemp("seeds")
     sweep = write_seed_sweep(root)
     out = root / "out"
-    _quiet(report.write_report, [sweep], out, figures=False)
+    quiet(report.write_report, [sweep], out, figures=False)
     return sweep, out
 
 
 def test_configs_csv_has_each_configuration_over_its_seeds(three_seeds):
     _, out = three_seeds
-    rows = {r["label"]: r for r in _read_csv(out / "configs.csv")}
+    rows = {r["label"]: r for r in read_csv(out / "configs.csv")}
     assert list(rows) == [
         "ptjf r=0.2 N1=100",
         "ptjf r=0.8 N1=100",
@@ -208,11 +196,11 @@ def test_report_md_has_the_over_seeds_section(three_seeds):
 
 def test_one_seed_says_no_verdict_is_beyond_the_spread(tmp_path):
     sweep = write_seed_sweep(tmp_path, seeds=(0,))
-    _quiet(report.write_report, [sweep], tmp_path / "out", figures=False)
+    quiet(report.write_report, [sweep], tmp_path / "out", figures=False)
     section = _section((tmp_path / "out" / "report.md").read_text())
     assert ONE_SEED_WARNING in section
     assert "1 seed(s) each" in section
-    rows = _read_csv(tmp_path / "out" / "configs.csv")
+    rows = read_csv(tmp_path / "out" / "configs.csv")
     assert all(r["dominated_by"] == "" and r["final_val_loss_ci95_low/lo"] == "" for r in rows)
     assert "| scalarization r=0.2 | 1 (0) | 2.3000 | — | 3.3000 | — | yes | — |" in section
 
@@ -226,7 +214,7 @@ def test_runs_differing_in_a_non_swept_setting_are_refused(tmp_path):
         f.write(text.replace("emb_dim = 192", "emb_dim = 256"))
     out = tmp_path / "out"
     with pytest.raises(DataError) as err:
-        _quiet(report.write_report, [sweep], out, figures=False)
+        quiet(report.write_report, [sweep], out, figures=False)
     message = str(err.value)
     assert "TransformerConfig.emb_dim" in message
     assert "TransformerConfig.emb_dim = 192 in " in message
@@ -242,7 +230,7 @@ def test_per_point_settings_are_not_refused(tmp_path):
         text = f.read()
     with open(os.path.join(odd, "config.gin"), "w") as f:
         f.write(text.replace("LEARNING_RATE = 0.002", "LEARNING_RATE = 0.01"))
-    _quiet(report.write_report, [sweep], tmp_path / "out", figures=False)
+    quiet(report.write_report, [sweep], tmp_path / "out", figures=False)
     assert (tmp_path / "out" / "configs.csv").exists()
 
 
@@ -266,7 +254,7 @@ def test_fronts_are_drawn_at_the_means_with_error_bars(tmp_path, monkeypatch):
         return draw(ax, pts, method, styles)
 
     monkeypatch.setattr(plots, "_draw_seed_points", spy)
-    path = _quiet(plots.plot_fronts, runs, roles, str(tmp_path / "fronts.png"))
+    path = quiet(plots.plot_fronts, runs, roles, str(tmp_path / "fronts.png"))
     assert os.path.getsize(path) > 0
     first = dict(given[:2])  # the validation panel: one call per method
     assert first["ptjf"] == pytest.approx([2.1, 3.1, 2.6, 2.6])

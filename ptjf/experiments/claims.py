@@ -158,8 +158,8 @@ def judge(
         wins, losses, text = _front_claim(ptjf, static, tasks, measure, names=("PTJF", "static"))
         verdict = HOLDS if wins and not losses else FAILS if losses and not wins else UNDECIDED
         text += (
-            f". Best {low} loss: PTJF {_best_low(ptjf, low, measure)}; "
-            f"static {_best_low(static, low, measure)}"
+            f". Best {low} loss: {_best_low(ptjf, low, measure)} vs "
+            f"{_best_low(static, low, measure)}"
         )
         add(1, statement, verdict, text)
     else:
@@ -183,6 +183,12 @@ def judge(
     statement = "Fine-tuning on the low-resource task alone forgets the high-resource task (§4.1.3)"
     if ptjf and transfer and roles.high:
         verdict, text = _forgetting(ptjf, transfer, roles.high[0], measure)
+        if low:
+            text += (
+                f". On {low} itself (not judged here; the paper's Fig. 6 finds transfer worse "
+                f"there): {_best_low(transfer, low, measure)} vs "
+                f"{_best_low(ptjf, low, measure)}"
+            )
         add(4, statement, verdict, text)
     else:
         add(4, statement, None, "not tested here: needs ptjf and transfer points")

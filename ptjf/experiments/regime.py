@@ -356,7 +356,9 @@ def _roles(runs: Sequence[Run], sizes: Mapping[str, float]) -> tuple[str, str]:
     to be low-resource (≤ LOW_RESOURCE_FRACTION of the largest)."""
     tasks = pilot_tasks(runs)
     by_size = {t: _size(sizes, t) for t in tasks}
-    high, low = max(tasks, key=by_size.get), min(tasks, key=by_size.get)  # type: ignore[arg-type]
+    # Sorted, not max/min: with equal sizes these still name two different tasks.
+    ordered = sorted(tasks, key=lambda t: by_size[t])
+    high, low = ordered[-1], ordered[0]
     if by_size[low] > LOW_RESOURCE_FRACTION * by_size[high]:
         raise DataError(
             f"No low-resource task: the smallest task, {low} ({by_size[low]:g} examples), is "

@@ -386,6 +386,8 @@ def render_markdown(
         "",
         *lead,
         *([""] if lead else []),
+        "## Runs",
+        "",
         f"Runs from {', '.join(f'`{d}`' for d in dirs)}: {len(runs)} runs "
         f"({kinds['point']} sweep points, {kinds['shared']} shared pre-trainings, "
         f"{kinds['run']} other runs).",
