@@ -108,7 +108,8 @@ def route_library_output() -> Routing:
     sys.stderr = terminal  # tracebacks, `print(..., file=sys.stderr)`, progress lines
     _routing = Routing(terminal=terminal, log_path=path)
 
-    # fd 2 (the log file, whichever it is at the time) for every library's Python logging.
+    # fd 2 (the log file, whichever it is at the time) for every library's Python logging; a
+    # descriptor, not a path, so storage has no part in it.
     fd2 = open(2, "w", closefd=False, buffering=1, errors="replace")  # noqa: SIM115 (lives on)
     to_file = logging.StreamHandler(fd2)
     to_file.setFormatter(logging.Formatter("%(asctime)s " + _FORMAT))
@@ -155,6 +156,8 @@ def use_model_dir(model_dir: str, process_index: int = 0) -> str | None:
         except OSError:
             return None  # an unwritable model dir is reported by the command itself
         return remote
+    # A local model dir (the remote case returned above): fd 2 is pointed at a file in it, and
+    # `os.dup2` needs a local file, so this is os, not storage, by necessity.
     directory = os.path.join(storage.absolute(model_dir), "logs")
     target = os.path.join(directory, f"libraries-{process_index}.log")
     try:
@@ -163,7 +166,7 @@ def use_model_dir(model_dir: str, process_index: int = 0) -> str | None:
     except OSError:
         return None  # an unwritable model dir is reported by the command itself
     old = _routing.log_path
-    with open(old, "rb") as src:
+    with open(old, "rb") as src:  # the local temp file fd 2 pointed at until now
         os.write(fd, src.read())  # what came before the switch…
         os.dup2(fd, 2)
         os.write(fd, src.read())  # …and what landed between the read and the switch
