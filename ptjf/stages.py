@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from ptjf.errors import ConfigError
+from ptjf.rate_schedules import RateSchedule
 from ptjf.training import optimizers, schedules
 from ptjf.training.train_state import TrainState, create_train_state
 
@@ -39,6 +40,8 @@ class Stage:
     name: the stage's directory under MODEL_DIR (checkpoints) and its label in metrics.
     mixture_or_task_name: what the stage trains on. rates: static weights overriding the
         mixture's own rates (one point of the paper's grid), e.g. {"high": 0.9, "low": 0.1}.
+    rate_schedule: rates that change with the stage's step instead (`ptjf.rate_schedules`:
+        @PiecewiseRates(), @LinearRates(), @TemperatureSchedule()); not with `rates`.
     steps: the stage's number of training steps; its schedule counts these from 0.
     optimizer, schedule: the stage's own (a new stage gets a fresh optimizer state).
     init_from: "previous" (the previous stage's final parameters), "scratch", or a checkpoint
@@ -57,6 +60,7 @@ class Stage:
     optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig()
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig(name="constant", peak_lr=1e-3)
     rates: Mapping[str, float] | None = None
+    rate_schedule: RateSchedule | None = None
     init_from: str = "previous"
     reset_optimizer: bool = True
     reset_schedule: bool = True
@@ -102,6 +106,18 @@ class Stage:
         object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
         if self.rates is not None:
             object.__setattr__(self, "rates", dict(self.rates))
+        if self.rate_schedule is not None:
+            if self.rates is not None:
+                raise ConfigError(
+                    f"Stage {self.name!r} has both Stage.rates and Stage.rate_schedule; give "
+                    "one: static rates, or a schedule (its first point holds the starting rates)."
+                )
+            if not isinstance(self.rate_schedule, RateSchedule):
+                raise ConfigError(
+                    f"Stage {self.name!r}: rate_schedule={self.rate_schedule!r}; expected "
+                    "@PiecewiseRates(), @LinearRates() or @TemperatureSchedule()."
+                )
+            self.rate_schedule.check_stage(self.steps, f"Stage {self.name!r}")
 
     @property
     def carries_optimizer(self) -> bool:

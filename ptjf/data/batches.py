@@ -36,6 +36,7 @@ from ptjf.data import mixing
 from ptjf.data.input_state import HostStream, ShardStream
 from ptjf.data.tracing import without_autograph
 from ptjf.errors import ConfigError, DataError
+from ptjf.rate_schedules import RateSchedule
 
 Batch = dict[str, np.ndarray]
 FEATURE_KEYS = ("inputs", "targets")
@@ -89,6 +90,7 @@ class DatasetConfig:
     pack: bool = True
     rates: Mapping[str, float] | None = None
     module: str | None = None
+    rate_schedule: RateSchedule | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
@@ -103,6 +105,17 @@ class DatasetConfig:
             raise ConfigError(f"DatasetConfig.seed={self.seed!r}: expected an integer or None.")
         if self.rates is not None:
             object.__setattr__(self, "rates", dict(self.rates))
+        if self.rate_schedule is not None:
+            if self.rates is not None:
+                raise ConfigError(
+                    "DatasetConfig has both rates and a rate_schedule; give one: static rates, "
+                    "or a schedule whose first point holds the starting rates."
+                )
+            if not isinstance(self.rate_schedule, RateSchedule):
+                raise ConfigError(
+                    f"DatasetConfig.rate_schedule={self.rate_schedule!r}: expected a "
+                    "RateSchedule (@PiecewiseRates(), @LinearRates() or @TemperatureSchedule())."
+                )
 
 
 def _import_module(config: DatasetConfig) -> None:
@@ -123,9 +136,31 @@ def mixture_task_names(config: DatasetConfig) -> list[str]:
 
 
 def effective_rates(config: DatasetConfig) -> dict[str, float]:
-    """The normalised rates the stream samples with, in task order (0 for dropped tasks)."""
+    """The normalised rates the stream samples with, in task order (0 for dropped tasks); with
+    a rate schedule, those of its step 0 (`rates_at` gives any step's)."""
     _import_module(config)
+    if config.rate_schedule is not None:
+        return rates_at(config, 0)
     return mixing.mixture_rates(config.mixture_or_task_name, config.rates)
+
+
+def bound_schedule(config: DatasetConfig) -> RateSchedule | None:
+    """The config's rate schedule over the mixture's tasks, in task order (None without one);
+    a task it names that the mixture lacks is an error naming the closest."""
+    if config.rate_schedule is None:
+        return None
+    _import_module(config)
+    name = config.mixture_or_task_name
+    return config.rate_schedule.bind(mixing.task_names(name), lambda: mixing.mixture_sizes(name))
+
+
+def rates_at(config: DatasetConfig, step: int) -> dict[str, float]:
+    """The normalised rates the stream samples stage step `step`'s examples with, in task order
+    (the static rates at every step for a config without a schedule)."""
+    schedule = bound_schedule(config)
+    if schedule is None:
+        return effective_rates(config)
+    return schedule.rates_at(step)
 
 
 # --- features ------------------------------------------------------------------------------
@@ -209,16 +244,30 @@ def train_batches(
     if not _is_int(start_batch) or start_batch < 0:
         raise ConfigError(f"start_batch={start_batch!r}: expected an integer >= 0.")
     names = mixture_task_names(config)
-    rates = effective_rates(config)
-    examples = mixing.mixed_dataset(
-        names,
-        rates,
-        split=config.split,
-        lengths=config.task_feature_lengths,
-        shuffle=config.shuffle,
-        seed=config.seed,
-        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-    )
+    shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+    schedule = bound_schedule(config)
+    if schedule is None:
+        examples = mixing.mixed_dataset(
+            names,
+            effective_rates(config),
+            split=config.split,
+            lengths=config.task_feature_lengths,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            shard_info=shard_info,
+        )
+    else:
+        # Example n belongs to step n // rows: exact unpacked; packed, see scheduled_dataset.
+        examples = mixing.scheduled_dataset(
+            names,
+            schedule,
+            rows_per_step=config.batch_size // num_shards,
+            split=config.split,
+            lengths=config.task_feature_lengths,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            shard_info=shard_info,
+        )
     ds = to_features(examples, config.task_feature_lengths, config.pack)
     ds = ds.batch(config.batch_size // num_shards, drop_remainder=True)
     ds = _deterministic(ds).prefetch(PREFETCH_BATCHES)

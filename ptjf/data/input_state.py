@@ -72,13 +72,15 @@ def describe(
     *,
     input_shards: int,
     vocabulary: str | None,
+    schedule: Any = None,
 ) -> dict[str, Any]:
     """What a saved position is a position of: every setting that changes the stream.
 
     `config` is the stage's `DatasetConfig`; `vocabulary` the SHA-256 of the SentencePiece
-    model (None when it has no model file).
+    model (None when it has no model file); `schedule` its bound rate schedule, if any (a
+    stream without one has no "rate_schedule" entry, as before schedules existed).
     """
-    return {
+    out = {
         "format": FORMAT,
         "mixture_or_task_name": config.mixture_or_task_name,
         "tasks": list(task_names),
@@ -92,6 +94,9 @@ def describe(
         "input_shards": input_shards,
         "vocabulary": vocabulary,
     }
+    if schedule is not None:
+        out["rate_schedule"] = schedule.describe()
+    return out
 
 
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

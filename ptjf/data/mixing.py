@@ -80,6 +80,16 @@ def mixture_rates(name: str, override: Mapping[str, float] | None = None) -> dic
     return sampling.static_rates({t: rates[t] for t in names})
 
 
+def mixture_sizes(name: str) -> dict[str, float]:
+    """{task: size} of `name`'s tasks: a ptjf mixture's own sizes (given, or counted from the
+    data), else each task's training-split size; what a `TemperatureSchedule` weighs."""
+    tasks = _tasks_module()
+    try:
+        return tasks.mixture_spec(name).resolved_sizes()
+    except KeyError:
+        return {t: float(tasks.task_size(t)) for t in task_names(name)}
+
+
 def derive_seed(seed: int | None, *parts: object) -> int | None:
     """A seed for one part of the pipeline (a task, the sampler, a shard), stable across
     processes (unlike Python's `hash`), so the stream is a pure function of the config."""
@@ -200,3 +210,101 @@ def mixed_dataset(
         seed=derive_seed(seed, "sampler", shard_info.index),
         stop_on_empty_dataset=False,
     )
+
+
+# --- rates that change with the step ---------------------------------------------------------
+
+
+def _curve_logits(curve, step: tf.Tensor) -> tf.Tensor:
+    """Log-rates [K] of `curve` (`ptjf.rate_schedules.Curve`) at `step`, in the graph: the rule
+    of `Curve.value_at` (knot before, knot after, clipped linear fraction or held value)."""
+    steps = tf.constant(curve.steps, tf.int64)
+    values = tf.constant(curve.values, tf.float64)
+    last = len(curve.steps) - 1
+    i = tf.searchsorted(steps, tf.reshape(step, [1]), side="right")[0] - 1
+    lo = tf.maximum(i, 0)
+    hi = lo if curve.hold else tf.where(i < 0, lo, tf.minimum(i + 1, last))
+    width = tf.cast(tf.maximum(tf.gather(steps, hi) - tf.gather(steps, lo), 1), tf.float64)
+    frac = tf.clip_by_value(tf.cast(step - tf.gather(steps, lo), tf.float64) / width, 0.0, 1.0)
+    low = tf.gather(values, lo)
+    value = low + frac * (tf.gather(values, hi) - low)
+    if curve.log_sizes is None:
+        return tf.math.log(value / tf.reduce_sum(value))
+    log_sizes = tf.constant(curve.log_sizes, tf.float64)
+    return (log_sizes - tf.reduce_max(log_sizes)) / value
+
+
+def scheduled_dataset(
+    names: Sequence[str],
+    schedule,
+    *,
+    rows_per_step: int,
+    split: str,
+    lengths: Mapping[str, int],
+    shuffle: bool,
+    seed: int | None,
+    shard_info: seqio.ShardInfo,
+) -> tf.data.Dataset:
+    """The infinite stream of examples whose task follows `schedule` (a bound
+    `ptjf.rate_schedules.RateSchedule` over `names`), example by example.
+
+    Example n of this shard belongs to schedule step n // rows_per_step (the shard's rows per
+    batch): exactly the batch it lands in when the stream is not packed. Its task is drawn by
+    `tf.random.stateless_categorical` from the rates at that step with the seed
+    (derive_seed(seed, "schedule", shard), n), so the sequence of tasks is a pure function of
+    (seed, shard, n), and `choose_from_datasets` takes the next example of that task. The
+    index is a `Dataset.range` that tf.data's iterator state saves and restores, so a resumed
+    stream continues at the same n. With `seed=None` the draws change from run to run.
+    """
+    curve = schedule.curve()
+    if list(curve.tasks) != list(names):
+        raise RatesError(
+            f"The rate schedule gives rates for {list(curve.tasks)}, but the stream's tasks are "
+            f"{list(names)}; bind the schedule to the mixture's tasks first."
+        )
+    if rows_per_step < 1:
+        raise RatesError(f"rows_per_step={rows_per_step!r}: expected an integer >= 1.")
+    active = set(schedule.active_tasks())
+    chosen = [(i, t) for i, t in enumerate(names) if t in active]
+    for _, t in chosen:
+        check_not_empty(t, split=split, lengths=lengths, shard_info=shard_info)
+    datasets = [
+        task_dataset(
+            t,
+            i,
+            split=split,
+            lengths=lengths,
+            shuffle=shuffle,
+            seed=derive_seed(seed, "task", t, shard_info.index),
+            shard_info=shard_info,
+            num_epochs=None,
+        )
+        for i, t in chosen
+    ]
+    # Task id → position among the datasets read (a task never drawn maps anywhere: rate 0).
+    position = [0] * len(names)
+    for k, (i, _) in enumerate(chosen):
+        position[i] = k
+    positions = tf.constant(position, tf.int64)
+    base = derive_seed(seed, "schedule", shard_info.index)
+    if base is None:
+        import random
+
+        base = random.SystemRandom().getrandbits(31)
+
+    def draw(index: tf.Tensor) -> tf.Tensor:
+        logits = _curve_logits(curve, index // rows_per_step)
+        task = tf.random.stateless_categorical(
+            tf.reshape(logits, [1, -1]),
+            1,
+            seed=tf.stack([tf.constant(base, tf.int64), index]),
+            dtype=tf.int64,
+        )[0, 0]
+        return tf.gather(positions, task)
+
+    choices = without_autograph(
+        lambda: tf.data.Dataset.range(tf.int64.max).map(draw), "the rate schedule's draws"
+    )
+    if len(datasets) == 1:
+        return datasets[0]
+    return tf.data.Dataset.choose_from_datasets(datasets, choices, stop_on_empty_dataset=False)

@@ -25,6 +25,7 @@ DATASET_FIELDS_SET_BY_TRAIN = {
     "seed": "SEED (train.seed; stage i uses train.seed + 1000 * i)",
     "pack": "train.pack",
     "rates": "Stage.rates (the run file's rate macros, e.g. MIXTURE_RATES)",
+    "rate_schedule": "Stage.rate_schedule (e.g. joint/Stage.rate_schedule = @LinearRates())",
 }
 
 
@@ -66,6 +67,7 @@ def check_plan(
                 task_feature_lengths=lengths,
                 batch_size=batch_size,
                 rates=stage.rates,
+                rate_schedule=stage.rate_schedule,  # its tasks and sizes checked here
             )
         )
     if (

@@ -118,6 +118,8 @@ class _Run:
     # Global step of each stage's step 0, where it differs from the plan's numbering (a stage
     # started by `ptjf switch` from another step than the plan's end of its parent).
     base_steps: dict[int, int] = dataclasses.field(default_factory=dict)
+    # Each stage's sampling rates as a function of its step (set when the stage starts).
+    rates_at: dict[int, Any] = dataclasses.field(default_factory=dict)
 
     def global_step(self, index: int, step: int) -> int:
         return self.base_steps.get(index, self.plan.steps_before(index)) + step
@@ -187,6 +189,8 @@ class _Run:
             "tokens_seen": dict(self.tokens_seen),
             **self.evaluator.evaluate(state.params),
         }
+        if index in self.rates_at:  # the rates the stream samples this step's batch with
+            record["rates"] = self.rates_at[index](step)
         if self.bleu is not None:
             record["bleu"] = self.bleu.evaluate(state.params)
         if train_scalars:
@@ -417,8 +421,21 @@ def _train_stage(run: _Run, index: int) -> None:
         seed=opt["seed"] + 1000 * index,
         pack=opt["pack"],
         rates=stage.rates,
+        rate_schedule=stage.rate_schedule,
     )
     task_names = data.mixture_task_names(dataset)
+    schedule = data.bound_schedule(dataset)
+    # The rates each eval record logs: the schedule's at the eval's stage step, else static.
+    static = data.effective_rates(dataset)
+    run.rates_at[index] = schedule.rates_at if schedule is not None else lambda _: static
+    if schedule is not None and opt["pack"]:
+        log.warning(
+            "stage %r: its rate schedule counts examples in steps of %d (the batch's rows); "
+            "packing puts several examples in a row, so the stream moves through the schedule "
+            "faster than the training steps. Set train.pack=False to follow it step by step.",
+            stage.name,
+            opt["batch_size"],
+        )
     shard_index, num_shards = part.data_shard(opt["batch_size"])
     input_shards = data.check_input_shards(opt["batch_size"], num_shards, opt["input_shards"])
     per_host = input_shards // num_shards
@@ -435,8 +452,9 @@ def _train_stage(run: _Run, index: int) -> None:
         input_state.describe(
             dataset,
             task_names,
-            data.effective_rates(dataset),
+            static,
             input_shards=input_shards,
+            schedule=schedule,
             vocabulary=opt["vocabulary"],
         ),
         range(shard_index * per_host, (shard_index + 1) * per_host),
