@@ -19,6 +19,7 @@ only, build the new stage's optimizer state from scratch and start its schedule 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ import optax
 from ptjf.errors import ConfigError
 from ptjf.rate_schedules import RateSchedule
 from ptjf.training import optimizers, schedules
+from ptjf.training import trainable as trainable_params
 from ptjf.training.train_state import TrainState, create_train_state
 
 
@@ -52,6 +54,14 @@ class Stage:
     reset_optimizer / reset_schedule: False carries the previous stage's optimizer state /
         schedule position over instead (a plan without resets is one long run cut in two).
     eval_tasks: tasks evaluated in this stage in addition to the plan's.
+    trainable: the parameters this stage trains, as regular expressions matched in full
+        against '/'-joined parameter paths (`encoder/layers_0/attention/query/kernel`,
+        `decoder/logits_dense/kernel`, `token_embedder/embedding`); the others are frozen:
+        they stay bit-identical and get no optimizer state (`ptjf.training.trainable`).
+        None (default) trains everything. E.g. `joint/Stage.trainable = ["decoder/.*"]`
+        freezes the encoder and the embeddings; `["(?!token_embedder/).*"]` freezes only the
+        embeddings. A pattern that matches no parameter, or patterns that freeze every
+        parameter, are refused before the run starts.
     """
 
     name: str
@@ -65,6 +75,7 @@ class Stage:
     reset_optimizer: bool = True
     reset_schedule: bool = True
     eval_tasks: tuple[str, ...] = ()
+    trainable: Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.strip().isdigit():
@@ -104,6 +115,17 @@ class Stage:
                 "reset both (the stage switch), neither, or only the optimizer."
             )
         object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+        if self.trainable is not None:
+            trainable_params.compile_patterns(
+                self.trainable, f"Stage {self.name!r}: Stage.trainable"
+            )
+            if not self.trainable:
+                raise ConfigError(
+                    f"Stage {self.name!r}: Stage.trainable is empty, which trains no "
+                    "parameter. Name the parameters to train (e.g. ['decoder/.*']), or leave "
+                    "it None to train everything."
+                )
+            object.__setattr__(self, "trainable", tuple(self.trainable))
         if self.rates is not None:
             object.__setattr__(self, "rates", dict(self.rates))
         if self.rate_schedule is not None:
@@ -150,6 +172,15 @@ class Plan:
                 f"The first stage {first.name!r} has no previous stage to carry an optimizer "
                 "state from; leave reset_optimizer=True."
             )
+        for prev, stage in itertools.pairwise(stages):
+            if stage.carries_optimizer and stage.trainable != prev.trainable:
+                raise ConfigError(
+                    f"Stage {stage.name!r} carries the optimizer state of {prev.name!r} "
+                    f"(reset_optimizer=False) but trains other parameters (trainable="
+                    f"{stage.trainable!r}, not {prev.trainable!r}); the state holds the "
+                    "trained parameters' statistics only. Give both the same Stage.trainable, "
+                    "or reset the optimizer (reset_optimizer=True, the stage switch)."
+                )
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
 
@@ -193,8 +224,11 @@ def stage_schedule(plan: Plan, index: int) -> optax.Schedule:
 
 
 def make_tx(plan: Plan, index: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The stage's optimizer (for its trainable parameters only) and its schedule."""
+    stage = plan.stages[index]
     schedule = stage_schedule(plan, index)
-    return optimizers.make_optimizer(plan.stages[index].optimizer, schedule), schedule
+    tx = optimizers.make_optimizer(stage.optimizer, schedule)
+    return trainable_params.freeze(tx, stage.trainable, stage.name), schedule
 
 
 def switch_state(params: Any, tx: optax.GradientTransformation) -> TrainState:

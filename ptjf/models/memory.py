@@ -17,7 +17,10 @@ device, no compilation.
   paper's Adafactor (`factored=False, momentum=0.9`) a full second moment and a momentum;
   T5's factored Adafactor a row and a column factor for every matrix whose two largest axes
   are at least `min_dim_size_to_factor` (a full second moment for the others), no momentum.
-  Optax's one-element placeholders and step counters are counted too.
+  Optax's one-element placeholders and step counters are counted too. With a stage's
+  `trainable` patterns (`Stage.trainable`), only the trained parameters have optimizer
+  state, exactly as the trainer builds it (`ptjf.training.trainable.freeze`); the
+  parameters and gradients are counted in full (the train step computes every gradient).
 * **Activations** (`activation_bytes`): the tensors JAX's autodiff saves from one
   microbatch's forward pass for its backward pass under the remat policy, listed in its
   docstring, plus the largest transient.
@@ -44,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 from ptjf.errors import ConfigError, UnknownNameError
 from ptjf.models.config import REMAT_POLICIES, TransformerConfig
 from ptjf.runtime import partitioning
+from ptjf.training import trainable as trainable_params
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer
 
 GiB = 1024**3
@@ -178,12 +182,14 @@ def optimizer_state_bytes(
     optimizer: OptimizerConfig,
     mesh: MeshShape,
     rules: partitioning.LogicalRules,
+    trainable: Sequence[str] | None = None,
 ) -> int:
-    """Bytes of one device's shard of the state `make_optimizer(optimizer, …)` keeps."""
+    """Bytes of one device's shard of the state `make_optimizer(optimizer, …)` keeps, for the
+    parameters `trainable` matches (`Stage.trainable`; None = all of them)."""
     layout = parameter_layout(config)
     shapes = _nest({k: jax.ShapeDtypeStruct(p.shape, np.float32) for k, p in layout.items()})
     specs = _nest({k: mesh_spec(p.axes, rules) for k, p in layout.items()})
-    tx = make_optimizer(optimizer, optax.constant_schedule(1.0))
+    tx = trainable_params.freeze(make_optimizer(optimizer, optax.constant_schedule(1.0)), trainable)
     state = jax.eval_shape(tx.init, shapes)
     state_specs = partitioning.optimizer_state_specs(state, specs, shapes)
     leaves = jax.tree.leaves(state)
@@ -194,14 +200,15 @@ def optimizer_state_bytes(
     )
 
 
-def describe_optimizer(optimizer: OptimizerConfig) -> str:
-    """What the optimizer keeps per parameter, in words."""
+def describe_optimizer(optimizer: OptimizerConfig, trained_fraction: float = 1.0) -> str:
+    """What the optimizer keeps per parameter, in words (and for what share of them)."""
+    share = "" if trained_fraction >= 1.0 else f", {trained_fraction:.0%} of parameters train"
     if optimizer.name in ("adam", "adamw"):
-        return f"{optimizer.name}: 2 moments"
+        return f"{optimizer.name}: 2 moments{share}"
     kept = ["row+column factors" if optimizer.factored else "full 2nd moment"]
     if optimizer.momentum is not None:
         kept.insert(0, "momentum")
-    return "adafactor: " + " + ".join(kept)
+    return "adafactor: " + " + ".join(kept) + share
 
 
 # --- activations ---------------------------------------------------------------------------
@@ -547,6 +554,7 @@ def estimate(
     optimizer: OptimizerConfig | None = None,
     remat_policy: str | None = None,
     num_microbatches: int = 1,
+    trainable: Sequence[str] | None = None,
 ) -> MemoryEstimate:
     """Per-device memory of one training step of `config` on `num_devices` devices.
 
@@ -554,6 +562,8 @@ def estimate(
         num_microbatches rows, split over the data axis.
     remat_policy: None = `config.remat_policy` when the config has one, else 'none'.
     optimizer: None = `OptimizerConfig()` (Adam).
+    trainable: the stage's `Stage.trainable` patterns: the optimizer state is counted for
+        the parameters they match only (None = every parameter trains).
     """
     if isinstance(num_microbatches, bool) or not isinstance(num_microbatches, int):
         raise ConfigError(f"num_microbatches={num_microbatches!r} must be an integer >= 1.")
@@ -578,17 +588,22 @@ def estimate(
         remat_policy=policy,
     )
     copies = 2 if num_microbatches > 1 else 1
+    layout = parameter_layout(config)
+    sizes = {path: p.size for path, p in layout.items()}
+    trainable_params.check(list(sizes), trainable)
+    trained_paths = trainable_params.trained_paths(list(sizes), trainable)
+    trained = sum(sizes[p] for p in trained_paths) / sum(sizes.values())
     rows_per_device = micro // mesh.data
     return MemoryEstimate(
         parameters=params,
         gradients=copies * params,
-        optimizer_state=optimizer_state_bytes(config, optimizer, mesh, rules),
+        optimizer_state=optimizer_state_bytes(config, optimizer, mesh, rules, trainable),
         activations=activations,
         mesh=mesh,
         labels={
             "parameters": f"float32, {parameter_partitioning_dims}-D",
             "gradients": "float32" + (", + accumulator" if copies == 2 else ""),
-            "optimizer": describe_optimizer(optimizer),
+            "optimizer": describe_optimizer(optimizer, trained),
             "activations": (
                 f"{config.dtype}, remat {policy}, {rows_per_device} rows x "
                 f"{input_length}/{target_length}"

@@ -266,6 +266,15 @@ def _check_carried_layout(
 ) -> None:
     """The carried state must be what T5X's Adafactor, with these settings, would keep."""
     carried = flatten(param_states)
+    # A stage with `Stage.trainable` keeps no state for its frozen parameters.
+    stateless = [n for n in flatten(params) if np.size(carried.get(f"{n}/v", ())) == 0]
+    if stateless:
+        raise CheckpointError(
+            f"ptjf checkpoint {location}: its optimizer state has no statistics for "
+            f"{len(stateless)} parameters (e.g. {stateless[0]}), frozen by the stage's "
+            "Stage.trainable; T5X's Adafactor keeps a state for every parameter. Export with "
+            "optimizer_state='fresh'."
+        )
     for name, leaf in flatten(params).items():
         want = t5x_slot_shapes(
             tuple(leaf.shape),

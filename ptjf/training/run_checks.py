@@ -12,8 +12,11 @@ import gin
 from ptjf import stages as stg
 from ptjf.data import batches as data
 from ptjf.errors import ConfigError
+from ptjf.models import TransformerConfig
 from ptjf.runtime.partitioning import Partitioner
+from ptjf.training import trainable
 from ptjf.training.bleu import translation_target_languages
+from ptjf.training.state_layout import abstract_params
 
 # The DatasetConfig fields the trainer sets itself for every stage (`trainer._train_stage`),
 # with the knob that does set each: a gin binding of these would be silently overridden.
@@ -59,6 +62,7 @@ def check_plan(
     """Every stage's settings, checked before anything is written: a mistake in the joint
     stage must not surface after hours of pre-training."""
     check_dataset_bindings()
+    check_trainable(plan, stop)
     for index, stage in enumerate(plan.stages[: stop + 1]):
         stg.make_tx(plan, index)  # optimizer, schedule vs the stage's length
         data.effective_rates(
@@ -81,6 +85,23 @@ def check_plan(
         )
     _, num_shards = partitioner.data_shard(batch_size)
     data.check_input_shards(batch_size, num_shards, input_shards)
+
+
+def check_trainable(plan: stg.Plan, stop: int) -> None:
+    """Every stage's `Stage.trainable` against the model's parameter paths: a pattern that
+    matches nothing, or patterns that freeze everything, are refused before pre-training."""
+    stages = [s for s in plan.stages[: stop + 1] if s.trainable is not None]
+    if not stages:
+        return
+    # The paths do not depend on the vocabulary's size, which is known only once the
+    # vocabulary is built: any size gives the same tree.
+    config = TransformerConfig(vocab_size=_ANY_VOCAB_SIZE)
+    paths = trainable.param_paths(abstract_params(config))
+    for stage in stages:
+        trainable.check(paths, stage.trainable, stage.name)
+
+
+_ANY_VOCAB_SIZE = 128
 
 
 def bleu_tasks(
