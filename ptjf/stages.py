@@ -11,6 +11,9 @@ methods are all plans of one or two stages:
 | restart baseline        | mixture w, N1 steps        | same mixture, N2 steps, reset opt + sched |
 | transfer learning       | high-resource, N1 steps    | low-resource only, N2 steps, reset        |
 | PTJF                    | high-resource, N1 steps    | mixture w, N2 steps, reset opt + sched    |
+| PTJF, several high tasks| mixture at high rates, N1  | mixture w, N2 steps, reset opt + sched    |
+| linear rate schedule    | mixture, w(step), N steps  | —                                         |
+| temperature cooldown    | mixture, τ(step), N steps  | —                                         |
 
 The *stage switch* (paper Sec. 3) is `switch_state`: restore the previous stage's parameters
 only, build the new stage's optimizer state from scratch and start its schedule at step 0.

@@ -49,8 +49,11 @@ _COLORS = {
     "temperature": "tab:orange",
     "unimax": "tab:purple",
     "transfer": "tab:brown",
+    "rate_schedule": "tab:cyan",
+    "temperature_cooldown": "tab:olive",
+    "ptjf_multi": "tab:pink",
 }
-_SPARE_COLORS = ("tab:pink", "tab:olive", "tab:cyan", "tab:gray", "gold", "navy")
+_SPARE_COLORS = ("tab:gray", "gold", "navy", "teal", "salmon", "indigo")
 _MARKERS = {
     "ptjf": "^",
     "scalarization": "o",
@@ -58,8 +61,11 @@ _MARKERS = {
     "temperature": "D",
     "unimax": "P",
     "transfer": "X",
+    "rate_schedule": "v",
+    "temperature_cooldown": "<",
+    "ptjf_multi": "*",
 }
-_SPARE_MARKERS = ("v", "<", ">", "*", "h", "p")
+_SPARE_MARKERS = (">", "h", "p", "d", "8", "H")
 _SPLIT_LABEL = {"validation": "validation", "train_subset": "training subset"}
 _PANEL = (4.4, 3.4)  # inches per panel: small files, quick to draw
 _DPI = 100

@@ -201,8 +201,11 @@ def _num(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-def _rate(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3g}"
+def _rate(x: float | str | None) -> str:
+    """A rate or τ; a string as it is (a τ cooldown's "5→1.43")."""
+    if x is None:
+        return "—"
+    return x if isinstance(x, str) else f"{x:.3g}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

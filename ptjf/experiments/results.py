@@ -43,7 +43,17 @@ POINT_FILE = "point.json"
 DONE_FILE = "DONE"
 SPLITS = ("validation", "train_subset")
 # The paper's methods in the order tables and legends list them; other names follow.
-METHOD_ORDER = ("ptjf", "scalarization", "restart", "temperature", "unimax", "transfer")
+METHOD_ORDER = (
+    "ptjf",
+    "scalarization",
+    "restart",
+    "temperature",
+    "unimax",
+    "rate_schedule",
+    "temperature_cooldown",
+    "ptjf_multi",
+    "transfer",
+)
 # Directories never searched for runs: report outputs, TensorBoard event files.
 _SKIPPED_DIRS = frozenset({"report", "tb"})
 

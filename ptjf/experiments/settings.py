@@ -36,6 +36,13 @@ PER_POINT_MACROS = frozenset(
         "TRAIN_STEPS",
         "TAU",
         "MAX_EPOCHS",
+        # rate_schedule's and temperature_cooldown's per-point schedule (point.json's
+        # start_rates / end_rates and tau say what they were).
+        "SCHEDULE_START_RATES",
+        "SCHEDULE_END_RATES",
+        "SCHEDULE_END_STEP",
+        "TAU_START",
+        "TAU_END",
     }
 )
 # Configurables whose bindings describe the sweep or the run's bookkeeping rather than what is
