@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -342,3 +343,42 @@ def test_the_saved_descriptor_names_the_schedule(mix):
     )
     assert "rate_schedule" not in static
     assert B.rates_at(_config(one), 7) == {A: 0.2, B_: 0.8}
+
+
+def _row_tasks(batch) -> list[set[int]]:
+    """The task ids in each packed row (-1 is padding)."""
+    return [{int(t) for t in row if t >= 0} for row in batch["task_ids"]]
+
+
+def test_a_packed_stream_follows_the_schedule_step_by_step(mix):
+    # Row n belongs to step n // rows exactly: each task packs on its own, whole rows are drawn.
+    schedule = PiecewiseRates(points=[(0, {A: 1.0, B_: 0.0}), (3, {A: 0.0, B_: 1.0})])
+    got = _take(_packed(schedule), 6)
+    for step, batch in enumerate(got):
+        rows = _row_tasks(batch)
+        want = {0} if step < 3 else {1}
+        assert all(r == want for r in rows), (step, rows)
+        assert batch["decoder_segment_ids"].max() >= 2  # rows really hold several examples
+
+
+def test_a_packed_scheduled_stream_restores_exactly(mix):
+    schedule = PiecewiseRates(points=[(0, {A: 0.6, B_: 0.4}), (4, {A: 0.2, B_: 0.8})])
+    uninterrupted = _take(_packed(schedule), 10)
+    stream = B.train_batches(_packed(schedule))
+    for _ in range(4):
+        next(stream)
+    resumed = B.train_batches(_packed(schedule), start_batch=4, state=stream.save())
+    continued = [next(resumed) for _ in range(6)]
+    assert all(
+        np.array_equal(a[k], b[k])
+        for a, b in zip(uninterrupted[4:], continued, strict=True)
+        for k in a
+    )
+    rows = [r for b in uninterrupted for r in _row_tasks(b)]
+    assert all(len(r) == 1 for r in rows) and {t for r in rows for t in r} == {0, 1}
+
+
+def _packed(schedule) -> B.DatasetConfig:
+    """Packed, with rows long enough for two examples (3 input tokens each)."""
+    lengths = {"inputs": 8, "targets": 8}
+    return dataclasses.replace(_config(schedule), pack=True, task_feature_lengths=lengths)

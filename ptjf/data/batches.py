@@ -257,7 +257,7 @@ def train_batches(
             shard_info=shard_info,
         )
     else:
-        # Example n belongs to step n // rows: exact unpacked; packed, see scheduled_dataset.
+        # Row n belongs to step n // rows; packed, each task packs on its own (see there).
         examples = mixing.scheduled_dataset(
             names,
             schedule,
@@ -267,8 +267,16 @@ def train_batches(
             shuffle=config.shuffle,
             seed=config.seed,
             shard_info=shard_info,
+            to_rows=(
+                (lambda ds: to_features(ds, config.task_feature_lengths, pack=True))
+                if config.pack
+                else None
+            ),
         )
-    ds = to_features(examples, config.task_feature_lengths, config.pack)
+    if schedule is None or not config.pack:
+        ds = to_features(examples, config.task_feature_lengths, config.pack)
+    else:
+        ds = examples
     ds = ds.batch(config.batch_size // num_shards, drop_remainder=True)
     ds = _deterministic(ds).prefetch(PREFETCH_BATCHES)
     stream = ShardStream(

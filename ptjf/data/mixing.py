@@ -15,7 +15,7 @@ task after packing has put several tasks in one row.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -244,17 +244,23 @@ def scheduled_dataset(
     shuffle: bool,
     seed: int | None,
     shard_info: seqio.ShardInfo,
+    to_rows: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None,
 ) -> tf.data.Dataset:
-    """The infinite stream of examples whose task follows `schedule` (a bound
-    `ptjf.rate_schedules.RateSchedule` over `names`), example by example.
+    """The infinite stream of batch rows whose task follows `schedule` (a bound
+    `ptjf.rate_schedules.RateSchedule` over `names`), row by row.
 
-    Example n of this shard belongs to schedule step n // rows_per_step (the shard's rows per
-    batch): exactly the batch it lands in when the stream is not packed. Its task is drawn by
-    `tf.random.stateless_categorical` from the rates at that step with the seed
-    (derive_seed(seed, "schedule", shard), n), so the sequence of tasks is a pure function of
-    (seed, shard, n), and `choose_from_datasets` takes the next example of that task. The
-    index is a `Dataset.range` that tf.data's iterator state saves and restores, so a resumed
-    stream continues at the same n. With `seed=None` the draws change from run to run.
+    Row n of this shard belongs to schedule step n // rows_per_step (the shard's rows per
+    batch), exactly. Its task is drawn by `tf.random.stateless_categorical` from the rates at
+    that step with the seed (derive_seed(seed, "schedule", shard), n), so the sequence of tasks
+    is a pure function of (seed, shard, n), and `choose_from_datasets` takes the next row of
+    that task. The index is a `Dataset.range` that tf.data's iterator state saves and restores,
+    so a resumed stream continues at the same n. With `seed=None` the draws change from run to
+    run.
+
+    Without `to_rows` a row is one example (the caller pads it). With `to_rows` (packing), each
+    task's examples are packed into rows on their own first, because the step a packed example
+    lands in is only known after packing: drawing whole rows keeps the schedule's step exact,
+    and the rates are then shares of rows (of tokens, roughly) rather than of examples.
     """
     curve = schedule.curve()
     if list(curve.tasks) != list(names):
@@ -281,6 +287,8 @@ def scheduled_dataset(
         )
         for i, t in chosen
     ]
+    if to_rows is not None:
+        datasets = [to_rows(ds) for ds in datasets]
     # Task id → position among the datasets read (a task never drawn maps anywhere: rate 0).
     position = [0] * len(names)
     for k, (i, _) in enumerate(chosen):

@@ -428,14 +428,6 @@ def _train_stage(run: _Run, index: int) -> None:
     # The rates each eval record logs: the schedule's at the eval's stage step, else static.
     static = data.effective_rates(dataset)
     run.rates_at[index] = schedule.rates_at if schedule is not None else lambda _: static
-    if schedule is not None and opt["pack"]:
-        log.warning(
-            "stage %r: its rate schedule counts examples in steps of %d (the batch's rows); "
-            "packing puts several examples in a row, so the stream moves through the schedule "
-            "faster than the training steps. Set train.pack=False to follow it step by step.",
-            stage.name,
-            opt["batch_size"],
-        )
     shard_index, num_shards = part.data_shard(opt["batch_size"])
     input_shards = data.check_input_shards(opt["batch_size"], num_shards, opt["input_shards"])
     per_host = input_shards // num_shards
