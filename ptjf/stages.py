@@ -34,6 +34,7 @@ from ptjf.errors import ConfigError
 from ptjf.rate_schedules import RateSchedule
 from ptjf.training import optimizers, schedules
 from ptjf.training import trainable as trainable_params
+from ptjf.training.stop_conditions import Plateau
 from ptjf.training.train_state import TrainState, create_train_state
 
 
@@ -47,7 +48,12 @@ class Stage:
         mixture's own rates (one point of the paper's grid), e.g. {"high": 0.9, "low": 0.1}.
     rate_schedule: rates that change with the stage's step instead (`ptjf.rate_schedules`:
         @PiecewiseRates(), @LinearRates(), @TemperatureSchedule()); not with `rates`.
-    steps: the stage's number of training steps; its schedule counts these from 0.
+    steps: the stage's number of training steps; its schedule counts these from 0. With
+        `stop_when`, the most it may run.
+    stop_when: end the stage early when its evals say so (`ptjf.training.stop_conditions`,
+        e.g. @Plateau(): the watched validation loss improved by less than min_delta over the
+        last `patience` evals): the switch point chosen from the data. The step it ended at
+        is saved in the stage's last checkpoint and logged; the next stage starts there.
     optimizer, schedule: the stage's own (a new stage gets a fresh optimizer state).
     init_from: "previous" (the previous stage's final parameters), "scratch", or a checkpoint
         path, local or gs://: a T5X checkpoint (`.../checkpoint_<step>`, orbax or legacy
@@ -69,7 +75,7 @@ class Stage:
 
     name: str
     mixture_or_task_name: str
-    steps: int
+    steps: int | None = None
     optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig()
     schedule: schedules.ScheduleConfig = schedules.ScheduleConfig(name="constant", peak_lr=1e-3)
     rates: Mapping[str, float] | None = None
@@ -79,6 +85,7 @@ class Stage:
     reset_schedule: bool = True
     eval_tasks: tuple[str, ...] = ()
     trainable: Sequence[str] | None = None
+    stop_when: Plateau | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.strip().isdigit():
@@ -86,6 +93,17 @@ class Stage:
                 f"Stage name {self.name!r} is invalid: it names a directory under MODEL_DIR, so "
                 "use a non-empty word without '/' that is not a number (e.g. 'pretrain')."
             )
+        if self.stop_when is not None:
+            if not isinstance(self.stop_when, Plateau):
+                raise ConfigError(
+                    f"Stage {self.name!r}: stop_when={self.stop_when!r}; expected @Plateau()."
+                )
+            if self.steps is None:
+                raise ConfigError(
+                    f"Stage {self.name!r} ends when its evals say so (Stage.stop_when) but has "
+                    "no maximum: set Stage.steps to the most steps it may run (the condition "
+                    "may never hold)."
+                )
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(
                 f"Stage {self.name!r} has steps={self.steps!r}: a stage needs at least 1 step. "
@@ -176,6 +194,13 @@ class Plan:
                 "state from; leave reset_optimizer=True."
             )
         for prev, stage in itertools.pairwise(stages):
+            if prev.stop_when is not None and not stage.reset_schedule:
+                raise ConfigError(
+                    f"Stage {stage.name!r} continues the schedule of {prev.name!r} "
+                    "(reset_schedule=False), but that stage ends when its evals say so "
+                    "(stop_when), so where the schedule would continue from is not known before "
+                    "the run. Reset the schedule and the optimizer (the stage switch)."
+                )
             if stage.carries_optimizer and stage.trainable != prev.trainable:
                 raise ConfigError(
                     f"Stage {stage.name!r} carries the optimizer state of {prev.name!r} "

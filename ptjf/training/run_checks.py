@@ -14,7 +14,7 @@ from ptjf.data import batches as data
 from ptjf.errors import ConfigError
 from ptjf.models import TransformerConfig
 from ptjf.runtime.partitioning import Partitioner
-from ptjf.training import trainable
+from ptjf.training import stop_conditions, trainable
 from ptjf.training.bleu import translation_target_languages
 from ptjf.training.state_layout import abstract_params
 
@@ -85,6 +85,28 @@ def check_plan(
         )
     _, num_shards = partitioner.data_shard(batch_size)
     data.check_input_shards(batch_size, num_shards, input_shards)
+
+
+def check_stop_conditions(
+    plan: stg.Plan,
+    stop: int,
+    eval_tasks: list[str],
+    eval_period: int,
+    eval_at_stage_start: bool,
+    eval_bleu: bool,
+) -> None:
+    """Every data-chosen stage end (`Stage.stop_when`) against the run's evals."""
+    for stage in plan.stages[: stop + 1]:
+        if stage.stop_when is not None:
+            stop_conditions.check(
+                stage.stop_when,
+                stage=stage.name,
+                steps=stage.steps,
+                eval_tasks=eval_tasks,
+                eval_period=eval_period,
+                eval_at_stage_start=eval_at_stage_start,
+                eval_bleu=eval_bleu,
+            )
 
 
 def check_trainable(plan: stg.Plan, stop: int) -> None:

@@ -28,11 +28,11 @@ from ptjf import stages as stg
 from ptjf import storage
 from ptjf.checkpoints import checkpointer as ckpt
 from ptjf.checkpoints.link import COMMIT_SUCCESS_FILE
-from ptjf.errors import CorruptCheckpointError
+from ptjf.errors import CheckpointError, CorruptCheckpointError
 from ptjf.models import TransformerConfig, init_params
 from ptjf.runtime import distributed
 from ptjf.runtime.partitioning import Partitioner
-from ptjf.training import init_from
+from ptjf.training import init_from, stop_conditions
 from ptjf.training.state_layout import (
     sharded_params_target,
     sharded_state_target,
@@ -187,11 +187,46 @@ def build_state(
         return state, {}, None
     prev = plan.stages[index - 1]
     prev_dir = storage.join(model_dir, prev.name)
+    end = stage_end_step(prev, prev_dir, checkpoint)
     with ckpt.StageCheckpointer(prev_dir, checkpoint, read_only=True) as c:
         if stage.carries_optimizer:
-            full, meta = c.restore(prev.steps, target_state=target)
+            full, meta = c.restore(end, target_state=target)
             state = stg.carry_state(full)
         else:
-            params, meta = restore_params(c, prev.steps, partitioner, config)
+            params, meta = restore_params(c, end, partitioner, config)
             state = switched_state(params, tx, shardings, partitioner)
-    return state, meta, (prev_dir, prev.steps)
+    return state, meta, (prev_dir, end)
+
+
+def stage_end_step(stage: stg.Stage, stage_dir: str, checkpoint: ckpt.CheckpointConfig) -> int:
+    """The step a finished stage ended at: `Stage.steps`, or for a stage whose evals end it
+    (`Stage.stop_when`) the step its last checkpoint records."""
+    if stage.stop_when is None:
+        return stage.steps
+    done = ckpt.finalized_steps(stage_dir)
+    if done and done[-1] < stage.steps:
+        with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+            ended = stop_conditions.ended_at(c.read_metadata(done[-1]))
+        if ended is None:
+            raise CheckpointError(
+                f"Stage {stage.name!r} has not ended: its newest checkpoint in {stage_dir} is "
+                f"step {done[-1]} of at most {stage.steps}, and its condition ({stage.stop_when}) "
+                "has not ended it. Rerun the same command to finish it."
+            )
+        return ended
+    return stage.steps
+
+
+def finished_stage(
+    stage: stg.Stage, stage_dir: str, checkpoint: ckpt.CheckpointConfig
+) -> tuple[bool, dict[str, Any]]:
+    """(whether the stage's own checkpoints say it is finished, its newest one's metadata).
+
+    Finished: its newest checkpoint is at `Stage.steps`, or its condition ended it there.
+    """
+    done = ckpt.finalized_steps(stage_dir)
+    if not done:
+        return False, {}
+    with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
+        meta = c.read_metadata(done[-1])
+    return done[-1] >= stage.steps or stop_conditions.ended_at(meta) is not None, meta

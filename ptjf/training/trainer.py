@@ -41,13 +41,13 @@ from ptjf.models import EncoderDecoder, TransformerConfig
 from ptjf.runtime import distributed, faults
 from ptjf.runtime.partitioning import Partitioner
 from ptjf.runtime.preemption import Preempted, PreemptionWatch
-from ptjf.training import init_from, input_resume, startup, steps
+from ptjf.training import init_from, input_resume, startup, steps, stop_conditions
 from ptjf.training.bleu import BleuEvaluator
 from ptjf.training.evaluation import Evaluator, build_evaluators, make_apply_fn, model_features
 from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
 from ptjf.training.progress import ProgressDisplay
-from ptjf.training.run_checks import bleu_tasks, check_plan
-from ptjf.training.stage_state import build_state
+from ptjf.training.run_checks import bleu_tasks, check_plan, check_stop_conditions
+from ptjf.training.stage_state import build_state, finished_stage
 from ptjf.training.state_layout import sharded_state_target, state_shardings
 from ptjf.training.train_state import TrainState
 
@@ -175,8 +175,15 @@ class _Run:
             self.tokens_seen[t] = self.tokens_seen.get(t, 0) + int(k)
 
     def evaluate(
-        self, state: TrainState, index: int, step: int, train_scalars: dict | None
-    ) -> None:
+        self,
+        state: TrainState,
+        index: int,
+        step: int,
+        train_scalars: dict | None,
+        watch: stop_conditions.Watch,
+    ) -> bool:
+        """Scores the eval tasks and writes the record; True when the stage's condition
+        (`Stage.stop_when`) ends it at this step."""
         self.sync_counts()
         stage = self.plan.stages[index]
         record = {
@@ -195,12 +202,14 @@ class _Run:
             record["bleu"] = self.bleu.evaluate(state.params)
         if train_scalars:
             record["train"] = train_scalars
+        ends = watch.observe(record)
         self.writer.write_eval(record)
         if distributed.is_primary():  # one eval line per run, beside its progress line
             ProgressDisplay.print_eval(record, self.plan.total_steps)
         self.last_eval = record
+        return ends
 
-    def metadata(self, index: int, step: int, parent: tuple[str, int] | None) -> dict:
+    def metadata(self, index: int, step: int, parent: tuple[str, int] | None, **extra: Any) -> dict:
         self.sync_counts()
         return ckpt.checkpoint_metadata(
             stage_index=index,
@@ -210,6 +219,7 @@ class _Run:
             data_position={"batches": step},
             examples_seen=self.examples_seen,
             tokens_seen=self.tokens_seen,
+            **extra,
         )
 
 
@@ -289,6 +299,7 @@ def train(
     bleu_languages = bleu_tasks(eval_bleu, eval_tasks, bleu_examples, bleu_alpha)
     partitioner = partitioner or Partitioner()
     check_plan(plan, stop, lengths, batch_size, num_microbatches, partitioner, input_shards)
+    check_stop_conditions(plan, stop, eval_tasks, eval_period, eval_at_stage_start, eval_bleu)
     # Before anything is built or written: a mistyped URI, a missing bucket or a read-only
     # path stops here, naming the path, not after the first checkpoint.
     model_dir = storage.check_writable(
@@ -381,11 +392,9 @@ def train(
         with PreemptionWatch() as run.preemption:
             for index, stage in enumerate(plan.stages[: stop + 1]):
                 stage_dir = storage.join(model_dir, stage.name)
-                done = ckpt.finalized_steps(stage_dir)
-                if index < resume_index or (done and done[-1] >= stage.steps):
-                    if done:
-                        with ckpt.StageCheckpointer(stage_dir, checkpoint, read_only=True) as c:
-                            run.restore_counts(c.read_metadata(done[-1]))
+                complete, meta = finished_stage(stage, stage_dir, checkpoint)
+                if index < resume_index or complete:
+                    run.restore_counts(meta)
                     log.info("stage %s is complete; skipping it", stage.name)
                     continue
                 _train_stage(run, index)
@@ -506,6 +515,9 @@ def _train_stage(run: _Run, index: int) -> None:
     run.mark("state ready")
     run.restore_counts(meta)
     start = int(state.step)
+    # A resumed stage continues its condition's eval history from its own checkpoint.
+    history = stop_conditions.restored_history(meta, start) if own else []
+    watch = stop_conditions.Watch(stage.stop_when, history)
     if meta.get("global_step") is not None:  # the saved numbering wins over the plan's
         run.base_steps[index] = int(meta["global_step"]) - (int(meta.get("step", 0)) if own else 0)
     progress = ProgressDisplay(
@@ -541,7 +553,7 @@ def _train_stage(run: _Run, index: int) -> None:
             stage.steps,
         )
         if start == 0 and opt["eval_at_stage_start"]:
-            run.evaluate(state, index, 0, None)
+            run.evaluate(state, index, 0, None, watch)
 
         nonfinite = jnp.zeros((), jnp.int32)
         window_tokens, window_start = 0, time.perf_counter()
@@ -581,16 +593,16 @@ def _train_stage(run: _Run, index: int) -> None:
                 run.writer.write_train(base_step + step, scalars)
                 progress.update(step, scalars["loss"], scalars["tokens_per_sec"])
                 window_tokens, window_start = 0, time.perf_counter()
-                if is_eval:
-                    run.evaluate(state, index, step, scalars)
+                if is_eval and run.evaluate(state, index, step, scalars, watch):
+                    log.info("stage %r ends at step %d: %s", stage.name, step, watch.ended)
             # On SIGTERM: this step is done; save it and stop (the same command resumes).
             stop = run.preemption is not None and run.preemption.requested(base_step + step)
-            force = stop or step == stage.steps
+            force = stop or step == stage.steps or watch.ended is not None
             if checkpointer.due(step, force=force):
                 checkpointer.save(
                     step,
                     state,
-                    run.metadata(index, step, parent),
+                    run.metadata(index, step, parent, **watch.metadata()),
                     force=force,
                     input_state=lambda: stage_input.capture(batches),
                 )
@@ -598,6 +610,8 @@ def _train_stage(run: _Run, index: int) -> None:
                 checkpointer.wait()
                 log.warning("preempted: saved stage %r step %d in %s", stage.name, step, stage_dir)
                 raise Preempted(stage.name, step)
+            if watch.ended is not None:
+                break
     finally:
         progress.close()
         checkpointer.close()
