@@ -150,6 +150,24 @@ def test_forgetting_holds_when_transfer_rises_from_the_switch_beyond_ptjf():
     assert _verdicts(ptjf + keeps)[4].verdict == FAILS
 
 
+@pytest.mark.parametrize("number, method", [(5, "rate_schedule"), (6, "temperature_cooldown")])
+def test_a_schedule_within_one_stage_is_judged_against_ptjf(number, method):
+    ptjf = _method("ptjf", 0.5, (2.0, 2.1, 2.2), (3.0, 3.1, 3.2))
+    level = _method(method, 0.5, (2.1, 2.2, 2.3), (2.9, 3.0, 3.1))  # overlapping: no gain
+    claims = _verdicts(ptjf + level)
+    assert claims[number].verdict == HOLDS
+    assert f"0 of 1 PTJF configurations by {method}" in claims[number].evidence
+    assert "Best lo loss: " in claims[number].evidence
+    better = _method(method, 0.5, (1.7, 1.8, 1.9), (2.7, 2.8, 2.9))
+    claims = _verdicts(ptjf + better)
+    assert claims[number].verdict == FAILS
+    assert f"{method} r=0.5 beats ptjf r=0.5 N1=100 (−0.300 / −0.300 nats)" in (
+        claims[number].evidence
+    )
+    assert _verdicts(ptjf)[number].verdict is None
+    assert f"needs ptjf and {method} points" in _verdicts(ptjf)[number].evidence
+
+
 def test_kind_of_study_from_training_sizes():
     assert study_kind(ROLES, {"hi": 30_000, "lo": 3_000}) == "high+low"
     assert study_kind(ROLES, {"hi": 30_000, "lo": 3_001}) is None  # in between
@@ -176,7 +194,7 @@ def test_rendered_section_lists_tested_then_untested_claims():
     assert lines[2].startswith("Computed from this report's numbers: a study high + low resource")
     assert lines[4].startswith("- **Holds** — With a low-resource task, PTJF's front improves")
     assert "Not tested by these runs:" in lines
-    assert sum(line.startswith("- ") for line in lines) == 4
+    assert sum(line.startswith("- ") for line in lines) == 6
 
 
 @pytest.fixture

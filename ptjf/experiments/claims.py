@@ -13,6 +13,10 @@ The claims (paper §4.1):
 2. With two high-resource tasks, PTJF gives no gain over static sampling (§4.1.1, Fig. 1).
 3. The restart baseline does not explain the gain: PTJF beats it (§4.1.2, Fig. 2).
 4. Fine-tuning on the low-resource task alone forgets the high-resource task (§4.1.3, Fig. 6).
+5. Changing the rates within one stage (a linear decay of the high-resource rate, App. C) does
+   not improve on PTJF: no `rate_schedule` configuration beats a PTJF one.
+6. Beyond the paper: a temperature cooldown within one stage (Li et al., NAACL 2025) does not
+   improve on PTJF: no `temperature_cooldown` configuration beats a PTJF one.
 """
 
 from __future__ import annotations
@@ -192,7 +196,38 @@ def judge(
         add(4, statement, verdict, text)
     else:
         add(4, statement, None, "not tested here: needs ptjf and transfer points")
+
+    for number, method, statement in SCHEDULE_CLAIMS:
+        scheduled = _of(configs, method)
+        if ptjf and scheduled:
+            wins, losses, text = _front_claim(
+                ptjf, scheduled, tasks, measure, names=("PTJF", method)
+            )
+            if low:
+                text += (
+                    f". Best {low} loss: {_best_low(ptjf, low, measure)} vs "
+                    f"{_best_low(scheduled, low, measure)}"
+                )
+            add(number, statement, FAILS if losses else HOLDS, text)
+        else:
+            add(number, statement, None, f"not tested here: needs ptjf and {method} points")
     return claims
+
+
+# Claims 5 and 6: a schedule inside one stage against PTJF's two stages. "Holds" when no
+# configuration of the schedule beats a PTJF one beyond the spread (as claim 2's "no gain").
+SCHEDULE_CLAIMS = (
+    (
+        5,
+        "rate_schedule",
+        "A linear rate schedule within one stage does not improve on PTJF (App. C)",
+    ),
+    (
+        6,
+        "temperature_cooldown",
+        "Beyond the paper: a temperature cooldown within one stage does not improve on PTJF",
+    ),
+)
 
 
 def _untested(kind: str | None, wanted: str, methods: str, sizes: Mapping | None) -> str:
