@@ -12,8 +12,9 @@ on their training text, and any of them can be mixed):
   (≈ 67 : 1 against En→Fr's ~30k, the imbalance of the paper's En-Fr'15 : En-Ro'16);
 - `bible_lm_<xx>` for en, fr, es, ru, tl, vi: monolingual prefix-LM tasks;
 - mixtures `bible_en_fr_tl` and `bible_en_es_tl` (high + low) and `bible_en_fr_es` (high +
-  high), static 0.5 / 0.5 by default; other rates come from `ptjf.tasks.derive_mixture` or a
-  stage's `rates`.
+  high), static 0.5 / 0.5 by default, and `bible_en_fr_es_tl` (two high + one low, equal
+  weights: PTJF pre-trained on both high-resource tasks, `ptjf_multi`); other rates come from
+  `ptjf.tasks.derive_mixture` or a stage's `rates`.
 
 Every task uses one split by verse key (a hash of book:chapter:verse, ~96/2/2), so no verse is
 trained on through one pair and evaluated through another.
@@ -213,6 +214,14 @@ def register_defaults() -> None:
         mixtures.register_mixture(
             name, [high, low], method="static", weights={high: 0.5, low: 0.5}, overwrite=True
         )
+    three = ["bible_translate_en_fr", "bible_translate_en_es", "bible_translate_en_tl_low"]
+    mixtures.register_mixture(
+        "bible_en_fr_es_tl",
+        three,
+        method="static",
+        weights=dict.fromkeys(three, 1.0),
+        overwrite=True,
+    )
 
 
 register_defaults()

@@ -420,3 +420,16 @@ def test_the_per_point_schedule_is_no_setting_the_report_compares():
     c = settings("runs/temperature_cooldown.gin", cool)
     d = settings("runs/temperature_cooldown.gin", [*cool, "TAU_START = 3.0", "TAU_END = 1.0"])
     assert c == d
+
+
+def test_the_multi_task_experiment_file_loads_and_expands(tmp_path):
+    from ptjf.experiments import runner
+
+    sweep = runner.load_sweep(["experiments/bible_en_fr_es_tl_multi.gin"], [])
+    assert sweep.mixture == "bible_en_fr_es_tl"
+    nodes = {n.name: n for n in sw.expand(sweep, str(tmp_path), [])}
+    suffix = "lr0.002-s0"
+    assert {f"pretrain-n1000-{suffix}", f"pretrain_multi-n1000-{suffix}"} <= set(nodes)
+    point = nodes[f"ptjf_multi-r0.8-n1000-{suffix}"]
+    assert point.info["rates"] == pytest.approx({FR: 0.1, ES: 0.1, TL: 0.8})
+    assert len(nodes) == 3 * (2 + 2 * 3)  # per seed: two pre-trainings, 3 methods × 2 rates

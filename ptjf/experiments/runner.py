@@ -247,6 +247,7 @@ def describe(nodes: Sequence[sw.Node], out=None) -> None:
 
 def load_sweep(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> sw.Sweep:
     """Parses the experiment's gin files and returns its `Sweep`."""
+    import ptjf.tasks  # noqa: F401  (registered before gin locks: Sweep's checks read them)
     from ptjf import config as gin_config
     from ptjf.training import trainer  # noqa: F401  (registers what experiment files bind)
 
