@@ -432,4 +432,4 @@ def test_the_multi_task_experiment_file_loads_and_expands(tmp_path):
     assert {f"pretrain-n1000-{suffix}", f"pretrain_multi-n1000-{suffix}"} <= set(nodes)
     point = nodes[f"ptjf_multi-r0.8-n1000-{suffix}"]
     assert point.info["rates"] == pytest.approx({FR: 0.1, ES: 0.1, TL: 0.8})
-    assert len(nodes) == 3 * (2 + 2 * 3)  # per seed: two pre-trainings, 3 methods × 2 rates
+    assert len(nodes) == 3 * (2 + 3)  # per seed: two pre-trainings, 3 methods at r = 0.8
