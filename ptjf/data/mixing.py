@@ -171,6 +171,33 @@ def check_not_empty(
         )
 
 
+def _task_streams(
+    tasks: Sequence[tuple[int, str]],
+    split: str,
+    lengths: Mapping[str, int],
+    shuffle: bool,
+    seed: int | None,
+    shard_info: seqio.ShardInfo,
+) -> list[tf.data.Dataset]:
+    """Each (task id, task)'s split repeated forever, checked non-empty first, with a seed of
+    its own per task and shard."""
+    for _, t in tasks:
+        check_not_empty(t, split=split, lengths=lengths, shard_info=shard_info)
+    return [
+        task_dataset(
+            t,
+            i,
+            split=split,
+            lengths=lengths,
+            shuffle=shuffle,
+            seed=derive_seed(seed, "task", t, shard_info.index),
+            shard_info=shard_info,
+            num_epochs=None,
+        )
+        for i, t in tasks
+    ]
+
+
 def mixed_dataset(
     names: Sequence[str],
     rates: Mapping[str, float],
@@ -187,21 +214,7 @@ def mixed_dataset(
     task sequence and tasks do not share shuffles.
     """
     active = [(i, t) for i, t in enumerate(names) if rates[t] > 0]
-    for _, t in active:
-        check_not_empty(t, split=split, lengths=lengths, shard_info=shard_info)
-    datasets = [
-        task_dataset(
-            t,
-            i,
-            split=split,
-            lengths=lengths,
-            shuffle=shuffle,
-            seed=derive_seed(seed, "task", t, shard_info.index),
-            shard_info=shard_info,
-            num_epochs=None,
-        )
-        for i, t in active
-    ]
+    datasets = _task_streams(active, split, lengths, shuffle, seed, shard_info)
     if len(datasets) == 1:
         return datasets[0]
     return tf.data.Dataset.sample_from_datasets(
@@ -272,21 +285,7 @@ def scheduled_dataset(
         raise RatesError(f"rows_per_step={rows_per_step!r}: expected an integer >= 1.")
     active = set(schedule.active_tasks())
     chosen = [(i, t) for i, t in enumerate(names) if t in active]
-    for _, t in chosen:
-        check_not_empty(t, split=split, lengths=lengths, shard_info=shard_info)
-    datasets = [
-        task_dataset(
-            t,
-            i,
-            split=split,
-            lengths=lengths,
-            shuffle=shuffle,
-            seed=derive_seed(seed, "task", t, shard_info.index),
-            shard_info=shard_info,
-            num_epochs=None,
-        )
-        for i, t in chosen
-    ]
+    datasets = _task_streams(chosen, split, lengths, shuffle, seed, shard_info)
     if to_rows is not None:
         datasets = [to_rows(ds) for ds in datasets]
     # Task id → position among the datasets read (a task never drawn maps anywhere: rate 0).
