@@ -212,11 +212,16 @@ def test_pretraining_ends_where_its_evals_say_and_the_joint_stage_starts_there(e
     assert all("stop_condition" not in r for r in joint_evals)
 
 
-def test_a_finished_run_reruns_as_complete(ended, capfd):
+def test_a_finished_run_reruns_as_complete(ended):
     before = sorted(p.name for p in (ended / "joint").iterdir())
-    train.run(FILES, [f"MODEL_DIR = '{ended}'", *BINDINGS])
+    summary = train.run(FILES, [f"MODEL_DIR = '{ended}'", *BINDINGS])
     assert sorted(p.name for p in (ended / "joint").iterdir()) == before
     assert ckpt.finalized_steps(str(ended / "pretrain"))[-1] == ENDS_AT
+    assert summary.global_step == ENDS_AT + 4
+    gin.clear_config()
+    # Up to the pre-training only: the run ends where its evals ended it, not at its maximum.
+    last = train.run(FILES, [f"MODEL_DIR = '{ended}'", *BINDINGS, "train.last_stage = 'pretrain'"])
+    assert last.global_step == ENDS_AT
 
 
 @pytest.mark.fault

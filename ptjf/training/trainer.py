@@ -46,7 +46,7 @@ from ptjf.training.metrics_io import MetricsWriter, NullMetricsWriter
 from ptjf.training.progress import ProgressDisplay
 from ptjf.training.run_checks import bleu_tasks, check_plan, check_stop_conditions
 from ptjf.training.run_context import RunContext
-from ptjf.training.stage_state import build_state, finished_stage
+from ptjf.training.stage_state import build_state, finished_stage, stage_end_step
 from ptjf.training.state_layout import sharded_state_target, state_shardings
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,8 @@ def train(
                 complete, meta = finished_stage(stage, stage_dir, checkpoint)
                 if index < resume_index or complete:
                     run.restore_counts(meta)
+                    if meta.get("global_step") is not None:  # its saved numbering wins
+                        run.base_steps[index] = int(meta["global_step"]) - int(meta.get("step", 0))
                     log.info("stage %s is complete; skipping it", stage.name)
                     continue
                 _train_stage(run, index)
@@ -276,7 +278,11 @@ def train(
         writer.close()
     return RunSummary(
         model_dir=model_dir,
-        global_step=run.global_step(stop, plan.stages[stop].steps),
+        global_step=run.global_step(
+            stop,
+            # A last stage that its evals ended early ends where its last checkpoint says.
+            stage_end_step(plan.stages[stop], storage.join(model_dir, names[stop]), checkpoint),
+        ),
         last_eval=run.last_eval,
         startup_seconds=run.startup_seconds,
     )
