@@ -588,11 +588,8 @@ def estimate(
         remat_policy=policy,
     )
     copies = 2 if num_microbatches > 1 else 1
-    layout = parameter_layout(config)
-    sizes = {path: p.size for path, p in layout.items()}
-    trainable_params.check(list(sizes), trainable)
-    trained_paths = trainable_params.trained_paths(list(sizes), trainable)
-    trained = sum(sizes[p] for p in trained_paths) / sum(sizes.values())
+    sizes = {path: p.size for path, p in parameter_layout(config).items()}
+    trained = trainable_params.trained_share(sizes, trainable)
     rows_per_device = micro // mesh.data
     return MemoryEstimate(
         parameters=params,

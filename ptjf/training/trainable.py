@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -76,6 +76,13 @@ def trained_paths(paths: Sequence[str], patterns: Sequence[str] | None) -> list[
         return list(paths)
     compiled = compile_patterns(patterns)
     return [p for p in paths if any(c.fullmatch(p) for c in compiled)]
+
+
+def trained_share(sizes: Mapping[str, int], patterns: Sequence[str] | None) -> float:
+    """The share of the parameters' elements that train under `patterns` (checked first)."""
+    check(list(sizes), patterns)
+    trained = trained_paths(list(sizes), patterns)
+    return sum(sizes[p] for p in trained) / sum(sizes.values())
 
 
 def check(paths: Sequence[str], patterns: Sequence[str] | None, stage: str = "") -> None:
