@@ -6,9 +6,8 @@ device, no compilation.
 
 * **Parameters** are listed from the config with the names, shapes and logical axes the model
   creates (`parameter_layout`; its total is `count_params`), all float32.
-* **Sharding** follows `ptjf.runtime.partitioning`: logical axes map to mesh axes through the logical-
-  axis rules (`flax.linen.logical_to_mesh_axes`), and an axis that the mesh cannot split evenly
-  stays whole on every device, as `Partitioner.sharding` does.
+* **Sharding** follows `ptjf.runtime.partitioning`, as `Partitioner.sharding` does: see
+  `ptjf.models.memory_layout`, which holds the mesh and the parameters' layout.
 * **Gradients** are float32 and sharded like the parameters; with `num_microbatches > 1` the
   train step's scan also carries their running sum (a second copy).
 * **Optimizer state** is what ptjf's own optimizer keeps: `make_optimizer(...).init` is
@@ -21,9 +20,11 @@ device, no compilation.
   `trainable` patterns (`Stage.trainable`), only the trained parameters have optimizer
   state, exactly as the trainer builds it (`ptjf.training.trainable.freeze`); the
   parameters and gradients are counted in full (the train step computes every gradient).
-* **Activations** (`activation_bytes`): the tensors JAX's autodiff saves from one
-  microbatch's forward pass for its backward pass under the remat policy, listed in its
-  docstring, plus the largest transient.
+* **Activations** (`ptjf.models.activation_memory.activation_bytes`): the tensors JAX's
+  autodiff saves from one microbatch's forward pass for its backward pass under the remat
+  policy, listed in its docstring, plus the largest transient.
+
+This module re-exports both modules' public names, so `memory.X` reaches all of them.
 
 Not counted: XLA's own temporaries and fusion buffers, TPU tile padding, the compiled program,
 the batch itself and the input pipeline; XLA may also fuse away some saved values. Keep the
@@ -33,127 +34,41 @@ total within three quarters of a device's memory.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ptjf.errors import ConfigError, UnknownNameError
+from ptjf.errors import ConfigError
+from ptjf.models.activation_memory import (
+    BOOL_BYTES,
+    DTYPE_BYTES,
+    LOGITS_BYTES,
+    ActivationEstimate,
+    activation_bytes,
+    check_remat_policy,
+)
 from ptjf.models.config import REMAT_POLICIES, TransformerConfig
+from ptjf.models.memory_layout import (
+    MeshShape,
+    ParamLayout,
+    logical_axis_rules,
+    mesh_spec,
+    parameter_layout,
+    shard_elements,
+)
 from ptjf.runtime import partitioning
 from ptjf.training import trainable as trainable_params
 from ptjf.training.optimizers import OptimizerConfig, make_optimizer
 
 GiB = 1024**3
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PARAM_BYTES = 4  # parameters, gradients and optimizer statistics are float32
-LOGITS_BYTES = 4  # the model returns float32 logits whatever its dtype
 
 
-# --- the mesh ------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshShape:
-    """Sizes of the (data, model) mesh; `model` is `PjitPartitioner.num_partitions`."""
-
-    data: int
-    model: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("data", "model"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"MeshShape.{name}={value!r} must be an integer >= 1.")
-
-    @classmethod
-    def for_devices(cls, num_devices: int, num_partitions: int = 1) -> MeshShape:
-        """The mesh `PjitPartitioner(num_partitions)` builds over `num_devices` devices."""
-        if num_devices < 1 or num_partitions < 1 or num_devices % num_partitions:
-            raise ConfigError(
-                f"num_partitions={num_partitions} does not divide num_devices={num_devices}; "
-                "the 'model' axis must split the devices evenly (as PjitPartitioner requires)."
-            )
-        return cls(data=num_devices // num_partitions, model=num_partitions)
-
-    @property
-    def devices(self) -> int:
-        return self.data * self.model
-
-    def axis_size(self, entry: str | Sequence[str] | None) -> int:
-        """Devices a PartitionSpec entry splits over (1 for None)."""
-        names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        sizes = {partitioning.DATA_AXIS: self.data, partitioning.MODEL_AXIS: self.model}
-        return math.prod(sizes[name] for name in names)
-
-
-def logical_axis_rules(
-    parameter_partitioning_dims: int = 1, activation_partitioning_dims: int = 1
-) -> partitioning.LogicalRules:
-    """ptjf's standard rules with both dimensions given (gin bindings cannot change them)."""
-    return partitioning.standard_logical_axis_rules(
-        activation_partitioning_dims=activation_partitioning_dims,
-        parameter_partitioning_dims=parameter_partitioning_dims,
-        additional_rules=(),
-    )
-
-
-def mesh_spec(logical_axes: Sequence[str | None], rules: partitioning.LogicalRules) -> P:
-    """The mesh PartitionSpec of an array with these logical axes under `rules`."""
-    return nn.logical_to_mesh_axes(tuple(logical_axes), rules)
-
-
-def shard_elements(shape: Sequence[int], spec: P, mesh: MeshShape) -> int:
-    """Elements of one device's shard; an axis the mesh does not divide evenly stays whole."""
-    entries = list(spec) + [None] * (len(shape) - len(spec))
-    total = 1
-    for dim, entry in zip(shape, entries, strict=True):
-        size = mesh.axis_size(entry)
-        total *= dim // size if dim % size == 0 else dim
-    return total
-
-
-# --- parameters ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ParamLayout:
-    """Shape and logical axis names of one parameter."""
-
-    shape: tuple[int, ...]
-    axes: tuple[str, ...]
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.shape)
-
-
-@functools.lru_cache(maxsize=32)  # tracing mT5-XXL's init takes seconds; configs are hashable
-def parameter_layout(config: TransformerConfig) -> dict[str, ParamLayout]:
-    """Every parameter of `EncoderDecoder(config)` by its '/'-joined path (model's names).
-
-    Read off the model itself (abstract shapes and logical axes, no memory allocated), so the
-    arithmetic can never drift from the parameters the trainer creates.
-    """
-    from ptjf.checkpoints.fit import key_name
-    from ptjf.models import EncoderDecoder, init_params, param_logical_axes
-
-    specs = param_logical_axes(EncoderDecoder(config))
-    shapes = jax.eval_shape(lambda key: init_params(config, key), jax.random.key(0))
-    flat_specs = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))
-    flat_shapes = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
-    return {
-        "/".join(key_name(k) for k in path): ParamLayout(
-            tuple(int(n) for n in flat_shapes[path].shape), tuple(spec)
-        )
-        for path, spec in flat_specs[0]
-    }
+# --- parameters and optimizer state --------------------------------------------------------
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -209,296 +124,6 @@ def describe_optimizer(optimizer: OptimizerConfig, trained_fraction: float = 1.0
     if optimizer.momentum is not None:
         kept.insert(0, "momentum")
     return "adafactor: " + " + ".join(kept) + share
-
-
-# --- activations ---------------------------------------------------------------------------
-
-_EMBED = ("batch", "length", "embed")
-_ROW = ("batch", "length", None)  # [b, L, 1]: a norm's statistics, token ids
-_HEADS = ("batch", "length", "heads", "kv")
-_JOINED = ("batch", "length", "joined_kv")
-_MLP = ("batch", "length", "mlp")
-_SCORES = ("batch", "heads", "length", None)  # [b, heads, q_length, k_length or 1]
-_MASK = ("batch", None, "length", None)  # [b, 1, q_length, k_length]
-_VOCAB = ("batch", "length", "vocab")
-BOOL_BYTES = 1
-
-# What the derivative of each activation keeps (JAX's rules): (its input, how many further
-# intermediates, a boolean mask). ReLU keeps where x > 0; SiLU x and two intermediates; the
-# tanh form of GELU x and four (x³ term, tanh, 1 − tanh², the cdf).
-_ACTIVATION_RESIDUALS = {
-    "relu": (False, 0, True),
-    "silu": (True, 2, False),
-    "gelu": (True, 4, False),
-    "linear": (False, 0, False),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tensor:
-    name: str
-    shape: tuple[int, ...]
-    axes: tuple[str | None, ...]
-    itemsize: int
-
-
-class _Layers:
-    """The tensors one microbatch keeps, by block, for `config` at b rows."""
-
-    def __init__(self, config: TransformerConfig, b: int) -> None:
-        self.cfg, self.b = config, b
-        self.a = DTYPE_BYTES[config.dtype]
-
-    def t(self, name: str, shape: tuple[int, ...], axes, itemsize: int | None = None) -> _Tensor:
-        return _Tensor(name, shape, axes, self.a if itemsize is None else itemsize)
-
-    def norm(self, name: str, length: int, output: bool = True) -> list[_Tensor]:
-        """RMSNorm, computed in float32: its input, square, normalised value and inverse root
-        mean square; its output when the next matmul reads it as it is."""
-        b, d = self.b, self.cfg.emb_dim
-        tensors = [
-            *(self.t(f"{name}.{n}", (b, length, d), _EMBED, 4) for n in ("x", "x2", "y")),
-            *(self.t(f"{name}.{n}", (b, length, 1), _ROW, 4) for n in ("rsqrt", "scale")),
-        ]
-        return tensors + ([self.t(f"{name}.out", (b, length, d), _EMBED)] if output else [])
-
-    def attention(self, name: str, lq: int, lk: int) -> list[_Tensor]:
-        cfg, b, a = self.cfg, self.b, self.a
-        h, k = cfg.num_heads, cfg.head_dim
-        s = 4 if cfg.float32_attention_logits else a
-        tensors = [
-            self.t(f"{name}.query", (b, lq, h, k), _HEADS, s),
-            self.t(f"{name}.key", (b, lk, h, k), _HEADS, s),
-            self.t(f"{name}.value", (b, lk, h, k), _HEADS),
-            self.t(f"{name}.exp", (b, h, lq, lk), _SCORES, 4),
-            self.t(f"{name}.sum", (b, h, lq, 1), _SCORES, 4),
-            # The weights A·V reads: after dropout when there is dropout.
-            self.t(f"{name}.weights", (b, h, lq, lk), _SCORES),
-            self.t(f"{name}.context", (b, lq, h * k), _JOINED),
-        ]
-        return tensors
-
-    def mlp(self, length: int) -> list[_Tensor]:
-        cfg, shape = self.cfg, (self.b, length, self.cfg.mlp_dim)
-        gated = cfg.num_mlp_inputs > 1
-        tensors = []
-        for i, act in enumerate(cfg.mlp_activations):
-            keeps_input, intermediates, mask = _ACTIVATION_RESIDUALS[act]
-            if keeps_input:
-                tensors.append(self.t(f"mlp.wi_{i}", shape, _MLP))
-            tensors += [self.t(f"mlp.{act}_{i}.{j}", shape, _MLP) for j in range(intermediates)]
-            if mask:
-                tensors.append(self.t(f"mlp.{act}_{i}.mask", shape, _MLP, BOOL_BYTES))
-            # A gated MLP multiplies the branches: the product's gradient reads each one.
-            if gated:
-                tensors.append(self.t(f"mlp.{act}_{i}.out", shape, _MLP))
-        # What `wo` reads: the dropped-out hidden layer, the product, or the one branch.
-        if cfg.dropout_rate > 0:
-            tensors.append(self.t("mlp.dropped", shape, _MLP))
-        elif gated:
-            tensors.append(self.t("mlp.product", shape, _MLP))
-        else:
-            tensors.append(self.t(f"mlp.{cfg.mlp_activations[0]}.out", shape, _MLP))
-        return tensors
-
-    def layer(self, stack: str, le: int, ld: int, policy: str) -> list[_Tensor]:
-        cfg, b, d = self.cfg, self.b, self.cfg.emb_dim
-        length = le if stack == "encoder" else ld
-        layer_input = [self.t("layer_input", (b, length, d), _EMBED)]
-        if policy == "full":
-            return layer_input
-        blocks = (
-            [("attention", le, le)]
-            if stack == "encoder"
-            else [("self_attention", ld, ld), ("cross_attention", ld, le)]
-        )
-        if policy == "none":
-            tensors = []
-            for name, lq, lk in blocks:
-                tensors += self.norm(f"{name}.norm", lq) + self.attention(name, lq, lk)
-            return tensors + self.norm("mlp.norm", length) + self.mlp(length)
-        # Matmul outputs: the projections, and with 'dots' the attention's two batched
-        # matmuls (q·k logits, weights·v) too.
-        h, qkv, f = cfg.num_heads, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
-        s = 4 if cfg.float32_attention_logits else self.a
-        tensors = list(layer_input)
-        for name, lq, lk in blocks:
-            tensors += [
-                self.t(f"{name}.query", (b, lq, qkv), _JOINED),
-                self.t(f"{name}.key", (b, lk, qkv), _JOINED),
-                self.t(f"{name}.value", (b, lk, qkv), _JOINED),
-                self.t(f"{name}.out", (b, lq, d), _EMBED),
-            ]
-            if policy == "dots":
-                tensors += [
-                    self.t(f"{name}.logits", (b, h, lq, lk), _SCORES, s),
-                    self.t(f"{name}.context", (b, lq, qkv), _JOINED),
-                ]
-        return tensors + [
-            self.t(f"mlp.wi_{i}", (b, length, f), _MLP) for i in range(cfg.num_mlp_inputs)
-        ]
-
-    def stacks(self, le: int, ld: int, policy: str) -> list[_Tensor]:
-        """Outside the layers: token ids, the final norms (and dropouts), the logits, and the
-        attention masks that rematerialised layers take as inputs."""
-        cfg, b, d = self.cfg, self.b, self.cfg.emb_dim
-        dropout = cfg.dropout_rate > 0
-        masks = [
-            self.t(f"{name}.mask", (b, 1, lq, lk), _MASK, BOOL_BYTES)
-            for name, lq, lk in (("encoder", le, le), ("decoder", ld, ld), ("cross", ld, le))
-        ]
-        return (masks if policy != "none" else []) + [
-            self.t("encoder.ids", (b, le, 1), _ROW, 4),
-            self.t("decoder.ids", (b, ld, 1), _ROW, 4),
-            # The cross-attentions read the encoder's output (after dropout, if any).
-            *self.norm("encoder_norm", le, output=not dropout),
-            *([self.t("encoder.dropped", (b, le, d), _EMBED)] if dropout else []),
-            # The logits are computed in float32 from a float32 copy of the decoder's output.
-            *self.norm("decoder_norm", ld, output=False),
-            self.t("logits.input", (b, ld, d), _EMBED, 4),
-            self.t("logits", (b, ld, cfg.vocab_size), _VOCAB, LOGITS_BYTES),
-        ]
-
-    def weight_copies(self) -> list[_Tensor]:
-        """Each layer's kernels cast to the compute dtype for its matmuls."""
-        return [
-            _Tensor(path, p.shape, p.axes, self.a)
-            for path, p in parameter_layout(self.cfg).items()
-            if "/layers_" in path and path.endswith("/kernel")
-        ]
-
-
-@dataclasses.dataclass(frozen=True)
-class ActivationEstimate:
-    """Bytes one device holds for the backward pass of one microbatch."""
-
-    encoder_layer: int
-    decoder_layer: int
-    stacks: int
-    """Token ids, final norms, the stacks' outputs, the float32 logits (and, with remat, the
-    attention masks), once per model."""
-    weight_copies: int
-    """The layers' kernels in the compute dtype, kept without remat when it is not float32."""
-    transient: int
-    """The peak on top of the residuals: the logits' gradient, or a rematerialised layer."""
-    num_encoder_layers: int
-    num_decoder_layers: int
-
-    @property
-    def residuals(self) -> int:
-        """What the forward pass leaves for the backward pass."""
-        return (
-            self.num_encoder_layers * self.encoder_layer
-            + self.num_decoder_layers * self.decoder_layer
-            + self.stacks
-            + self.weight_copies
-        )
-
-    @property
-    def total(self) -> int:
-        return self.residuals + self.transient
-
-
-def check_remat_policy(policy: str) -> str:
-    if policy not in REMAT_POLICIES:
-        raise UnknownNameError(
-            "remat policy",
-            policy,
-            REMAT_POLICIES,
-            hint="Set TransformerConfig.remat_policy to one of them.",
-        )
-    return policy
-
-
-def activation_bytes(
-    config: TransformerConfig,
-    *,
-    batch_size: int,
-    input_length: int,
-    target_length: int,
-    mesh: MeshShape,
-    rules: partitioning.LogicalRules,
-    remat_policy: str = "none",
-) -> ActivationEstimate:
-    """Activation bytes one device holds for a microbatch of `batch_size` rows (global).
-
-    The residuals are the values JAX's autodiff saves for the backward pass (what
-    `jax.ad_checkpoint.print_saved_residuals` lists), less broadcast constants that XLA never
-    materialises. With b rows, Lq / Lk query / key positions, d = emb_dim, H heads of width k,
-    f = mlp_dim and a = the bytes of `config.dtype`:
-
-    * `remat_policy='none'`, per layer:
-      - every RMSNorm (computed in float32): its input, square and normalised value
-        [b, L, d] in float32, its output [b, L, d] in a, two [b, L, 1] float32 statistics;
-      - every attention (an encoder layer has one, a decoder layer a causal self-attention
-        and a cross-attention with Lk = the encoder's length): query and key [b, L, H, k] in
-        float32 when `float32_attention_logits` (else a), value and context in a; the
-        softmax's exponentials [b, H, Lq, Lk] in float32 with their sum [b, H, Lq, 1], and
-        the weights A·V reads [b, H, Lq, Lk] in a (after dropout, when there is dropout);
-      - the MLP [b, L, f] in a: what each activation's derivative keeps (ReLU a boolean mask;
-        SiLU its input and 2 intermediates; GELU its input and 4), every branch's output
-        when gated (the product reads both), and what `wo` reads (the dropped-out hidden
-        layer, else the product, else the one branch's output);
-      - and the layer's kernels cast to a for the matmuls, when a is not float32.
-    * 'full' (nothing saveable): each layer's input [b, L, d] in a.
-    * 'minimal' (matmul outputs without batch dimensions: the projections,
-      not the attention scores): each layer's input, the query, key and value projections
-      [b, L, H·k] and the `out` projection [b, Lq, d] of every attention, and the MLP's `wi`
-      outputs [b, L, f], all in a.
-    * 'dots' (every matmul output): as 'minimal', plus every attention's
-      q·k logits [b, H, Lq, Lk] (in float32 with `float32_attention_logits`) and its
-      weights·v product [b, Lq, H·k] in a.
-    * With remat, the attention masks [b, 1, Lq, Lk] (booleans, one per kind of attention)
-      are kept as the layers' inputs.
-
-    Once per model, whatever the policy: the token ids (int32), both final norms' float32
-    values (as above), the encoder's output [b, Le, d] in a (after dropout, if any) that the
-    cross-attentions read, the decoder's output in float32 that the logits projection reads,
-    and the float32 logits [b, Ld, vocab]. On top of these residuals (`transient`): the
-    logits' gradient at the start of the backward pass or, with remat, the larger of an
-    encoder and a decoder layer's 'none' set while that layer is recomputed, whichever is
-    larger.
-
-    Each tensor is split over the mesh as its logical axes say (`batch` over data; `heads`,
-    `joined_kv`, `mlp`, `vocab` over model; `embed` over model with
-    `activation_partitioning_dims=2`), axes the mesh does not divide evenly left whole.
-    Left out: relative-position buckets, the loss's per-token values [b, Ld] and a tied
-    embedding's transpose.
-    """
-    policy = check_remat_policy(remat_policy)
-    if config.dtype not in DTYPE_BYTES:
-        raise ConfigError(f"No byte size for dtype {config.dtype!r}; expected {DTYPE_BYTES}.")
-    if batch_size % mesh.data:
-        raise ConfigError(
-            f"The (micro)batch of {batch_size} rows does not split over the data axis of "
-            f"{mesh.data} devices; choose a batch size and num_microbatches so that "
-            f"batch_size / num_microbatches is a multiple of {mesh.data}."
-        )
-    le, ld = input_length, target_length
-    blocks = _Layers(config, batch_size)
-
-    def size(tensors: Sequence[_Tensor]) -> int:
-        return sum(
-            t.itemsize * shard_elements(t.shape, mesh_spec(t.axes, rules), mesh) for t in tensors
-        )
-
-    def layers(p: str) -> tuple[int, int]:
-        return size(blocks.layer("encoder", le, ld, p)), size(blocks.layer("decoder", le, ld, p))
-
-    encoder_layer, decoder_layer = layers(policy)
-    stacks = blocks.stacks(le, ld, policy)
-    logits_gradient = size(stacks[-1:])
-    recomputed = 0 if policy == "none" else max(layers("none"))
-    copies = policy == "none" and blocks.a != 4
-    return ActivationEstimate(
-        encoder_layer=encoder_layer,
-        decoder_layer=decoder_layer,
-        stacks=size(stacks),
-        weight_copies=size(blocks.weight_copies()) if copies else 0,
-        transient=max(logits_gradient, recomputed),
-        num_encoder_layers=config.num_encoder_layers,
-        num_decoder_layers=config.num_decoder_layers,
-    )
 
 
 # --- the whole step ------------------------------------------------------------------------
@@ -607,3 +232,27 @@ def estimate(
             ),
         },
     )
+
+
+__all__ = [
+    "BOOL_BYTES",
+    "DTYPE_BYTES",
+    "LOGITS_BYTES",
+    "PARAM_BYTES",
+    "REMAT_POLICIES",
+    "ActivationEstimate",
+    "GiB",
+    "MemoryEstimate",
+    "MeshShape",
+    "ParamLayout",
+    "activation_bytes",
+    "check_remat_policy",
+    "describe_optimizer",
+    "estimate",
+    "logical_axis_rules",
+    "mesh_spec",
+    "optimizer_state_bytes",
+    "parameter_bytes",
+    "parameter_layout",
+    "shard_elements",
+]
